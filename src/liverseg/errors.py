@@ -1,0 +1,57 @@
+"""One exception family for liverseg.
+
+Every error says what is wrong and what to do about it. The CLI maps
+:class:`InputError` (the user's input is at fault) to exit code 2 and any other
+:class:`LiversegError` to exit code 1; the web app maps :class:`InputError` to
+HTTP 4xx.
+"""
+
+from __future__ import annotations
+
+
+class LiversegError(Exception):
+    """Base class of every error liverseg raises on purpose."""
+
+
+class InputError(LiversegError):
+    """The input (file, folder, archive, argument) cannot be used as given."""
+
+
+class EmptyFileError(InputError):
+    """The file has no content."""
+
+
+class CorruptFileError(InputError):
+    """The file is truncated or damaged, or its content is not what its name claims."""
+
+
+class UnsupportedFormatError(InputError):
+    """The file is not a format liverseg reads."""
+
+
+class DimensionError(InputError):
+    """The image has a number of dimensions or a size liverseg cannot use."""
+
+
+class NotCTError(InputError):
+    """The image is not a CT scan (another modality, a segmentation object, a structure set)."""
+
+
+class SeriesError(InputError):
+    """A DICOM series is incomplete, inconsistent or ambiguous."""
+
+
+class ArchiveError(InputError):
+    """A zip archive is unsafe (paths outside the target, links, a zip bomb) or unreadable."""
+
+
+class NoImagesError(InputError):
+    """A folder or archive holds no image liverseg can read."""
+
+
+class ModelError(LiversegError):
+    """A model bundle is missing, damaged or inconsistent (wrong sha256, unknown architecture)."""
+
+
+class TrainingError(LiversegError):
+    """Training cannot go on (no usable cases, a broken checkpoint)."""

@@ -123,7 +123,7 @@ class ModelBundle:
             stage = matches[0]
         try:
             net = build_model(stage.architecture, **dict(stage.kwargs))
-        except KeyError as exc:
+        except (KeyError, ValueError) as exc:
             raise ModelError(
                 f"bundle {self.name!r} needs architecture {stage.architecture!r}, which this liverseg does not know; "
                 "update liverseg or use a bundle made for this version"

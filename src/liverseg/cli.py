@@ -38,9 +38,59 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an nnFormer (or a coarse-to-fine cascade) from a JSON recipe; torchrun for several GPUs",
+        description="Train the stages of a recipe (configs/*.json) into --out; "
+        "multi-GPU / multi-node: torchrun --nproc-per-node N -m liverseg.cli train ...",
+    )
+    p.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="dataset folder (LiTS, MSD/nnU-Net, IRCADb, CHAOS layout) or CSV manifest; repeat for several")
+    p.add_argument("--config", required=True, metavar="CONFIG.json", help="training recipe, e.g. configs/liver-tumor-3d.json")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, logs, curves, weights)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    p.add_argument("--stage", action="append", default=None, metavar="NAME", help="train only this stage (repeatable)")
+    p.add_argument("--export", default=None, metavar="NAME",
+                   help="afterwards, write a model bundle: models/NAME, or the folder NAME if it contains a '/'")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+    from pathlib import Path
+
+    from liverseg.training.config import load_config
+    from liverseg.training.export import COMMAND_TXT, export_bundle
+    from liverseg.training.trainer import train
+
+    for d in args.data:
+        if not Path(d).exists():
+            raise InputError(f"--data {d!r} does not exist; give a dataset folder or a CSV manifest")
+    config = load_config(args.config)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / COMMAND_TXT).write_text("liverseg " + shlex.join(sys.argv[1:]) + "\n")
+    result = train(config, out_dir=args.out, resume=args.resume, stages=args.stage, data=args.data)
+    for name, st in result.stages.items():
+        m = st.best_metrics or st.last_metrics or {}
+        sys.stdout.write(
+            f"stage {name}: {st.epochs_done} epochs in {st.train_seconds / 60:.1f} min ({st.stopped_by}); validation "
+            f"liver Dice {m.get('liver_dice_mean')}, tumor Dice {m.get('tumor_dice_mean')}; weights in {st.directory}\n"
+        )
+    if args.export and main_rank:
+        dest = Path(args.export) if "/" in args.export else None
+        folder = export_bundle(args.out, name=dest.name if dest else args.export, dest=dest)
+        sys.stdout.write(f"model bundle written to {folder}\n")
+    return 0
+
+
 # Each subcommand adds itself here: (name, function adding its parser).
 _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
     _add_info,
+    _add_train,
 ]
 
 

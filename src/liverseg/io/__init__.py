@@ -1,5 +1,34 @@
-"""Reading and writing CT volumes and label masks."""
+"""Reading and writing CT volumes and label masks.
 
+>>> from liverseg.io import read_volume, write_mask
+>>> ct = read_volume("scan.nii.gz")  # doctest: +SKIP
+>>> write_mask(ct, labels, "scan_seg.nii.gz")  # doctest: +SKIP
+"""
+
+from liverseg.io.archive import ArchiveLimits, extract_zip
+from liverseg.io.detect import sniff_format
+from liverseg.io.read import (
+    describe,
+    format_description,
+    list_series,
+    load_source_datasets,
+    read_dicom_series,
+    read_volume,
+)
 from liverseg.io.volume import Volume
+from liverseg.io.write import write_mask, write_volume
 
-__all__ = ["Volume"]
+__all__ = [
+    "ArchiveLimits",
+    "Volume",
+    "describe",
+    "extract_zip",
+    "format_description",
+    "list_series",
+    "load_source_datasets",
+    "read_dicom_series",
+    "read_volume",
+    "sniff_format",
+    "write_mask",
+    "write_volume",
+]

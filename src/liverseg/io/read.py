@@ -1,0 +1,269 @@
+"""``read_volume``: one entry point for every input liverseg accepts, recognised by content."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from liverseg.errors import NotCTError
+from liverseg.io.archive import ArchiveLimits, extract_zip
+from liverseg.io.detect import sniff_format
+from liverseg.io.dicom import SeriesInfo, read_series, scan_dicom, select_series, sort_datasets
+from liverseg.io.nifti import read_itk_image, read_nifti
+from liverseg.io.raster import read_raster
+from liverseg.io.volume import Volume
+
+__all__ = [
+    "read_volume",
+    "read_dicom_series",
+    "load_source_datasets",
+    "list_series",
+    "describe",
+    "format_description",
+]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _dicom_root(path: Path, fmt: str, limits: ArchiveLimits) -> Iterator[Path]:
+    """The folder (or file) to scan for DICOM; a zip is extracted safely to a temporary folder."""
+    if fmt != "zip":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="liverseg-zip-") as tmp:
+        extract_zip(path, tmp, limits=limits)
+        yield Path(tmp)
+
+
+def _read_dicom(
+    path: Path, fmt: str, *, series_uid: str | None, force: bool, keep_datasets: bool, limits: ArchiveLimits
+) -> tuple[Volume, list[Any]]:
+    with _dicom_root(path, fmt, limits) as root:
+        series, n_other = scan_dicom(root)
+        if not series and fmt in ("zip", "folder"):
+            # a zip or folder holding one NIfTI/MHA/NRRD file instead of DICOM
+            single = _single_volume_file(root)
+            if single is not None:
+                vol = read_volume(single, force=force)
+                vol.metadata["format"] = f"{fmt}/{vol.metadata.get('format')}"
+                return vol, []
+        where = f"the {'zip' if fmt == 'zip' else 'folder' if fmt == 'folder' else 'file'} {path.name}"
+        chosen, others, warnings = select_series(series, series_uid=series_uid, force=force, source=where)
+        vol, datasets = read_series(chosen.files, name=path.name, keep_datasets=keep_datasets)
+        base = Path(root) if Path(root).is_dir() else Path(root).parent
+        vol.metadata["dicom_files"] = [Path(f).relative_to(base).as_posix() for f in vol.metadata["dicom_files"]]
+    if vol.modality != "CT" and not force:  # a series without a Modality tag but read by UID
+        raise NotCTError(f"{path.name}: the series has modality {vol.modality}, not CT; use force=True to read it anyway")
+    vol.metadata["format"] = {"zip": "dicom-zip", "folder": "dicom-folder"}.get(fmt, "dicom")
+    vol.metadata["warnings"] = warnings + vol.metadata["warnings"]
+    vol.metadata["series_uid"] = chosen.uid
+    vol.metadata["series_folder"] = chosen.folder
+    vol.metadata["other_series"] = [s.summary() for s in others]
+    vol.metadata["non_dicom_files"] = n_other
+    return vol, datasets
+
+
+def _single_volume_file(root: Path) -> Path | None:
+    found = [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".mha", ".nrrd"))]
+    return found[0] if len(found) == 1 else None
+
+
+def read_volume(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    force: bool = False,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> Volume:
+    """Read a CT scan (or a 2D slice) from any input liverseg accepts.
+
+    The format is recognised by content: NIfTI (.nii, .nii.gz), MHA/NRRD, a DICOM
+    folder (searched recursively), a .zip of DICOM (extracted safely under
+    ``limits``), one DICOM file, or a PNG/JPEG slice.
+
+    Args:
+        path: file or folder.
+        series_uid: SeriesInstanceUID to read when a folder/zip holds several series
+            (default: the CT series with most images; the others are named in a warning
+            and in ``metadata["other_series"]``).
+        force: read a non-CT modality (MR, PET ...) instead of refusing it.
+        limits: caps for zip archives.
+
+    Returns:
+        A :class:`Volume`: CT in int16 HU; ``metadata`` holds ``format``, ``warnings``
+        (gaps, uneven spacing, several series ...), and for DICOM ``series_uid``,
+        ``other_series``, ``dicom`` (UIDs, description, transfer syntaxes; no patient
+        data) and ``dicom_files`` (paths relative to the folder/zip, in z order).
+
+    Raises:
+        liverseg.errors.InputError: any subclass, with what is wrong and what to do.
+
+    >>> ct = read_volume("case/PATIENT_DICOM.zip")  # doctest: +SKIP
+    >>> ct.shape, ct.spacing  # doctest: +SKIP
+    ((119, 512, 512), (1.6, 0.743, 0.743))
+    """
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt in ("nifti", "nifti-gz"):
+        vol = read_nifti(path)
+    elif fmt in ("metaimage", "nrrd"):
+        vol = read_itk_image(path, fmt=fmt)
+    elif fmt in ("png", "jpeg"):
+        vol = read_raster(path, fmt=fmt)
+    else:  # dicom, folder, zip
+        vol, _ = _read_dicom(path, fmt, series_uid=series_uid, force=force, keep_datasets=False, limits=limits)
+    vol.metadata.setdefault("warnings", [])
+    vol.metadata["source"] = path.name
+    for w in vol.metadata["warnings"]:
+        log.warning("%s: %s", path.name, w)
+    return vol
+
+
+def read_dicom_series(
+    path: str | Path, *, series_uid: str | None = None, force: bool = False, limits: ArchiveLimits = ArchiveLimits()
+) -> tuple[Volume, list[Any]]:
+    """Like :func:`read_volume` for DICOM input, also returning the series' pydicom datasets.
+
+    The datasets are in the Volume's z order with their pixel data removed (headers
+    only): what a DICOM SEG writer (highdicom) needs as source images.
+
+    Raises:
+        UnsupportedFormatError: ``path`` is not DICOM (a folder, zip or file of DICOM).
+    """
+    from liverseg.errors import UnsupportedFormatError
+
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt not in ("dicom", "folder", "zip"):
+        raise UnsupportedFormatError(f"{path.name} is {fmt}, not DICOM; a DICOM SEG needs a DICOM source series")
+    vol, datasets = _read_dicom(path, fmt, series_uid=series_uid, force=force, keep_datasets=True, limits=limits)
+    vol.metadata["source"] = path.name
+    return vol, datasets
+
+
+def load_source_datasets(
+    path: str | Path, *, series_uid: str | None = None, force: bool = False, limits: ArchiveLimits = ArchiveLimits()
+) -> list[Any]:
+    """The chosen series' DICOM headers (no pixel data) in z order, as :func:`read_volume` orders the slices.
+
+    Cheaper than :func:`read_dicom_series`: no pixel is decoded. The same series is
+    chosen as by :func:`read_volume` with the same arguments.
+    """
+    import pydicom
+
+    path = Path(path)
+    fmt = sniff_format(path)
+    with _dicom_root(path, fmt, limits) as root:
+        series, _ = scan_dicom(root)
+        chosen, _, _ = select_series(series, series_uid=series_uid, force=force, source=path.name)
+        datasets = [pydicom.dcmread(f, force=True, stop_before_pixels=True) for f in chosen.files]
+    order, _ = sort_datasets(datasets)
+    return [datasets[i] for i in order]
+
+
+def list_series(path: str | Path, *, limits: ArchiveLimits = ArchiveLimits()) -> list[dict[str, Any]]:
+    """Every DICOM series in a folder, zip or file: UID, modality, description, file count, folder, kind."""
+    path = Path(path)
+    fmt = sniff_format(path)
+    with _dicom_root(path, fmt, limits) as root:
+        series, _ = scan_dicom(root)
+    return [s.summary() for s in series]
+
+
+def _orientation_code(direction: np.ndarray) -> str | None:
+    """Three letters naming where the x, y, z index axes point (ITK/DICOM 'LPS' style)."""
+    letters = (("L", "R"), ("P", "A"), ("S", "I"))
+    code = ""
+    for col in np.asarray(direction).T:
+        k = int(np.argmax(np.abs(col)))
+        code += letters[k][0] if col[k] > 0 else letters[k][1]
+    return code if len(set(code.replace("R", "L").replace("A", "P").replace("I", "S"))) == 3 else None
+
+
+def describe(path: str | Path, *, series_uid: str | None = None, force: bool = False) -> dict[str, Any]:
+    """What liverseg reads from ``path``: format, modality, geometry, intensity range, series, warnings.
+
+    A JSON-friendly dict (lists, floats, strings; no patient data), printed by
+    ``liverseg info``. Units: mm for spacing/origin/extent, HU for the range when
+    ``is_hu`` (otherwise raw intensity).
+    """
+    vol = read_volume(path, series_uid=series_uid, force=force)
+    a = vol.array
+    meta = vol.metadata
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": meta.get("format"),
+        "modality": vol.modality,
+        "is_hu": vol.is_hu,
+        "dtype": str(a.dtype),
+        "shape_zyx": list(vol.shape),
+        "is_2d": vol.is_2d,
+        "spacing_mm_zyx": None if vol.spacing is None else [round(s, 6) for s in vol.spacing],
+        "extent_mm_zyx": None if vol.spacing is None else [round(n * s, 3) for n, s in zip(vol.shape, vol.spacing)],
+        "origin_mm_xyz": [round(o, 4) for o in vol.origin],
+        "direction": [[round(float(v), 6) for v in row] for row in vol.direction],
+        "orientation": _orientation_code(vol.direction),
+        "intensity_min": float(a.min()),
+        "intensity_max": float(a.max()),
+        "intensity_mean": round(float(a.mean(dtype=np.float64)), 2),
+        "warnings": list(meta.get("warnings", [])),
+    }
+    if "dicom" in meta:
+        d = meta["dicom"]
+        info["series_uid"] = meta.get("series_uid")
+        info["series_folder"] = meta.get("series_folder")
+        info["series_description"] = d.get("series_description")
+        info["manufacturer"] = d.get("manufacturer")
+        info["transfer_syntaxes"] = d.get("transfer_syntaxes")
+        info["slice_thickness_mm"] = d.get("slice_thickness_mm")
+        info["other_series"] = meta.get("other_series", [])
+    return info
+
+
+def format_description(info: dict[str, Any]) -> str:
+    """Human-readable text of a :func:`describe` dict."""
+
+    def fmt_vec(v: Any, unit: str = "") -> str:
+        return "unknown" if v is None else " x ".join(f"{x:g}" for x in v) + unit
+
+    unit = "HU" if info.get("is_hu") else "(raw intensity, not HU)"
+    lines = [
+        f"file:        {info['path']}",
+        f"format:      {info['format']}",
+        f"modality:    {info['modality']}" + ("" if info.get("is_hu") else "  (values are not Hounsfield units)"),
+        f"shape:       {fmt_vec(info['shape_zyx'])} (z, y, x)" + ("  [single 2D slice]" if info.get("is_2d") else ""),
+        f"spacing:     {fmt_vec(info['spacing_mm_zyx'], ' mm')} (z, y, x)",
+        f"extent:      {fmt_vec(info['extent_mm_zyx'], ' mm')} (z, y, x)",
+        f"origin:      {fmt_vec(info['origin_mm_xyz'], ' mm')} (x, y, z, LPS)",
+        f"orientation: {info.get('orientation') or 'oblique'} (index axes x, y, z point to)",
+        f"direction:   {info['direction']}",
+        f"range:       {info['intensity_min']:g} .. {info['intensity_max']:g} {unit}, mean {info['intensity_mean']:g}",
+        f"dtype:       {info['dtype']}",
+    ]
+    if "series_uid" in info:
+        lines.append(
+            f"series:      {info['series_uid'] or '(no UID)'}"
+            + (f"  '{info['series_description']}'" if info.get("series_description") else "")
+            + (f"  in {info['series_folder']}" if info.get("series_folder") not in (None, ".", "") else "")
+        )
+        if info.get("transfer_syntaxes"):
+            lines.append(f"encoding:    {', '.join(info['transfer_syntaxes'])}")
+        others = info.get("other_series") or []
+        lines.append(f"other series: {len(others)}")
+        for s in others:
+            lines.append(
+                f"  - {s['series_uid'] or '(no UID)'}  {s['modality'] or '?'}  {s['files']} files"
+                + (f"  '{s['description']}'" if s.get("description") else "")
+                + (f"  in {s['folder']}" if s.get("folder") not in (None, ".", "") else "")
+                + ("" if s.get("kind") == "image" else f"  ({s['kind']})")
+            )
+    warnings = info.get("warnings") or []
+    lines.append(f"warnings:    {len(warnings) or 'none'}")
+    lines.extend(f"  ! {w}" for w in warnings)
+    return "\n".join(lines)

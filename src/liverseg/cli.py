@@ -87,10 +87,30 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("evaluate", help="score predicted masks against reference masks with the LiTS metrics")
+    p.add_argument("--pred", required=True, help="folder of predicted masks (files, or <case>/mask.nii.gz from predict)")
+    p.add_argument("--ref", required=True, help="folder of reference masks (0/1/2), e.g. LiTS segmentation-N.nii")
+    p.add_argument("-o", "--out", default=None, help="folder for evaluation.json and evaluation_cases.csv")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON instead of a summary")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from liverseg.analysis.evaluate import evaluate_folders, format_summary
+
+    result = evaluate_folders(args.pred, args.ref, out_dir=args.out, progress=sys.stderr.isatty())
+    sys.stdout.write((json.dumps(result, indent=2, default=str) if args.json else format_summary(result)) + "\n")
+    return 0
+
+
 # Each subcommand adds itself here: (name, function adding its parser).
 _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
     _add_info,
     _add_train,
+    _add_evaluate,
 ]
 
 

@@ -77,6 +77,16 @@ def _linspace(stop: float, count: int) -> list[float]:
     return [stop * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *S) → (B, *S, C); explicit permutation (ONNX rejects negative ``perm`` entries)."""
+    return x.permute(0, *range(2, x.ndim), 1)
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, *S, C) → (B, C, *S)."""
+    return x.permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+
+
 # --------------------------------------------------------------------------- window helpers
 
 
@@ -277,7 +287,7 @@ class _ConvNormAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.norm is not None:
-            x = self.norm(F.gelu(x).movedim(1, -1)).movedim(-1, 1)
+            x = _channels_first(self.norm(_channels_last(F.gelu(x))))
         return x
 
 
@@ -306,8 +316,8 @@ class _Downsample(nn.Module):
         self.reduction = (nn.Conv3d if nd == 3 else nn.Conv2d)(dim, 2 * dim, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(F.gelu(x)).movedim(-1, 1)
-        return self.reduction(x).movedim(1, -1)
+        x = _channels_first(self.norm(F.gelu(x)))
+        return _channels_last(self.reduction(x))
 
 
 class _Upsample(nn.Module):
@@ -319,7 +329,7 @@ class _Upsample(nn.Module):
         self.up = (nn.ConvTranspose3d if nd == 3 else nn.ConvTranspose2d)(dim, dim // 2, 2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.norm(x).movedim(-1, 1)).movedim(1, -1)
+        return _channels_last(self.up(_channels_first(self.norm(x))))
 
 
 class _EncoderStage(nn.Module):
@@ -529,7 +539,7 @@ class NNFormer(nn.Module):
         if any(pads):
             x = F.pad(x, pads)
 
-        h = self.pos_drop(self.stem_norm(self.stem(x).movedim(1, -1)))  # (B, *S, C)
+        h = self.pos_drop(self.stem_norm(_channels_last(self.stem(x))))  # (B, *S, C)
         skips: list[torch.Tensor] = []
         for stage, norm in zip(self.encoder, self.encoder_norms):
             out, h = stage(h)
@@ -544,7 +554,7 @@ class NNFormer(nn.Module):
         n_out = len(self.heads) if supervise else 1
         outputs = []
         for k in range(n_out):
-            logits = self.heads[k](decoded[k].movedim(-1, 1))
+            logits = self.heads[k](_channels_first(decoded[k]))
             crop = [slice(None), slice(None)] + [slice(0, -(-s // 2**k)) for s in sizes]
             outputs.append(logits[tuple(crop)])
         return outputs if supervise else outputs[0]

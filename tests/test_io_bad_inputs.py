@@ -49,8 +49,11 @@ def test_empty_file(tmp_path):
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    from liverseg.io import PathNotFoundError
+
+    with pytest.raises(PathNotFoundError, match="does not exist"):
         read_volume(tmp_path / "nope.nii")
+    assert issubclass(PathNotFoundError, FileNotFoundError)
 
 
 def test_truncated_nii_gz(tmp_path):

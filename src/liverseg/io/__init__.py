@@ -6,7 +6,7 @@
 """
 
 from liverseg.io.archive import ArchiveLimits, extract_zip
-from liverseg.io.detect import sniff_format
+from liverseg.io.detect import PathNotFoundError, sniff_format
 from liverseg.io.read import (
     describe,
     format_description,
@@ -20,6 +20,7 @@ from liverseg.io.write import write_mask, write_volume
 
 __all__ = [
     "ArchiveLimits",
+    "PathNotFoundError",
     "Volume",
     "describe",
     "extract_zip",

@@ -6,9 +6,13 @@ import gzip
 import zlib
 from pathlib import Path
 
-from liverseg.errors import CorruptFileError, EmptyFileError, UnsupportedFormatError
+from liverseg.errors import CorruptFileError, EmptyFileError, InputError, UnsupportedFormatError
 
-__all__ = ["sniff_format", "FORMATS"]
+__all__ = ["sniff_format", "FORMATS", "PathNotFoundError"]
+
+
+class PathNotFoundError(InputError, FileNotFoundError):
+    """The input path does not exist (an InputError, so the CLI exits 2; also a FileNotFoundError)."""
 
 #: What :func:`sniff_format` can answer.
 FORMATS = ("folder", "nifti", "nifti-gz", "metaimage", "nrrd", "zip", "dicom", "png", "jpeg")
@@ -64,7 +68,7 @@ def sniff_format(path: str | Path) -> str:
     """The format of ``path``, read from its first bytes: one of :data:`FORMATS`.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        PathNotFoundError: ``path`` does not exist (an InputError and a FileNotFoundError).
         EmptyFileError: the file has no content.
         CorruptFileError: the content contradicts the name (a text file named ``.nii``),
             or a gzip file is damaged before its header ends.
@@ -77,7 +81,7 @@ def sniff_format(path: str | Path) -> str:
     if path.is_dir():
         return "folder"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise PathNotFoundError(f"{path} does not exist; check the path (a file, or a folder of DICOM files)")
     if not path.is_file():
         raise UnsupportedFormatError(f"{path.name} is not a regular file or folder")
     with open(path, "rb") as fh:

@@ -30,3 +30,19 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"real CT data not found at {SHARED_DATA} (only present in the liverseg workplace)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_3d(tmp_path_factory) -> Path:
+    """A tiny random-init 3D cascade bundle (localize 4 mm + segment 2 mm); see tests/tiny_bundles.py."""
+    from tiny_bundles import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-3d", kind="3d")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_2d(tmp_path_factory) -> Path:
+    """A tiny random-init 2D bundle (one segment stage, native pixel grid); see tests/tiny_bundles.py."""
+    from tiny_bundles import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-2d", kind="2d")

@@ -1,0 +1,168 @@
+"""Postprocessing of predicted label masks (0 background, 1 liver, 2 tumor).
+
+The rules, applied in this order on the mask's own grid:
+
+1. keep the largest connected component of the liver (liver + tumor, 26-connectivity);
+   everything else is background;
+2. keep tumor only inside the liver's region: the liver (label 1) with its holes
+   filled, dilated by ``liver_dilation_mm``; tumor outside it becomes background;
+3. fill holes: background enclosed by the liver becomes liver, liver enclosed by
+   tumor becomes tumor (3D, and slice by slice in the axial plane);
+4. tumor components smaller than ``min_tumor_volume_mm3`` become liver (they lie
+   inside the liver, so they are not background);
+5. the largest liver component again (step 2 may have cut pieces off).
+
+When the spacing is unknown (a PNG/JPEG slice) the mm-based steps change: the
+dilation is one pixel and no tumor is dropped for its size.
+
+>>> import numpy as np
+>>> lab = np.zeros((1, 9, 9), np.uint8); lab[0, 2:7, 2:7] = 1; lab[0, 4, 4] = 0; lab[0, 0, 0] = 1
+>>> postprocess_labels(lab, spacing=None).labels[0, 4, 4], postprocess_labels(lab, spacing=None).labels[0, 0, 0]
+(np.uint8(1), np.uint8(0))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["PostprocessResult", "postprocess_labels", "largest_component", "fill_holes"]
+
+log = logging.getLogger(__name__)
+
+_FULL_3D = np.ones((3, 3, 3), bool)  # 26-connectivity (the LiTS convention)
+
+
+@dataclasses.dataclass
+class PostprocessResult:
+    """The cleaned mask and what was changed (voxel counts)."""
+
+    labels: np.ndarray
+    removed_liver_voxels: int = 0
+    removed_tumor_outside_liver_voxels: int = 0
+    filled_voxels: int = 0
+    dropped_tumor_components: int = 0
+
+    def summary(self) -> dict[str, int]:
+        d = dataclasses.asdict(self)
+        d.pop("labels")
+        return d
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean (z, y, x) mask (empty stays empty)."""
+    mask = np.asarray(mask, bool)
+    lab, n = ndimage.label(mask, structure=_FULL_3D)
+    if n <= 1:
+        return mask.copy()
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill holes of a boolean (z, y, x) mask in 3D and in every axial slice."""
+    mask = np.asarray(mask, bool)
+    out = ndimage.binary_fill_holes(mask)
+    zs = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    for z in zs:
+        out[z] |= ndimage.binary_fill_holes(mask[z])
+    return out
+
+
+def _ball(radius_mm: float, spacing: Sequence[float] | None, ndim_z: int) -> np.ndarray:
+    """A structuring element of ``radius_mm`` (at least one voxel per axis) on ``spacing``.
+
+    With unknown spacing: a 3×3 cross in the axial plane (one pixel). A one-slice
+    mask (``ndim_z == 1``) gets an in-plane element only.
+    """
+    if spacing is None:
+        return ndimage.generate_binary_structure(2, 1)[None]
+    radii = [max(1, int(np.floor(radius_mm / s))) for s in spacing]
+    if ndim_z == 1:
+        radii[0] = 0
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    acc = np.zeros(tuple(2 * r + 1 for r in radii))
+    for g, r, s in zip(grids, radii, spacing):
+        if r > 0:  # radius in mm, but never less than one voxel on this axis
+            acc = acc + (g * s / max(radius_mm, s * r)) ** 2
+    return acc <= 1.0 + 1e-6
+
+
+def postprocess_labels(
+    labels: np.ndarray,
+    *,
+    spacing: Sequence[float] | None,
+    min_tumor_volume_mm3: float = 10.0,
+    liver_dilation_mm: float = 3.0,
+) -> PostprocessResult:
+    """Clean a (z, y, x) label mask (see the module docstring for the rules).
+
+    Args:
+        labels: 0 background, 1 liver, 2 tumor, any integer dtype.
+        spacing: voxel size (z, y, x) in mm, or ``None`` when unknown (then no mm-based
+            size rule applies and the liver is dilated by one pixel).
+        min_tumor_volume_mm3: tumor components smaller than this (mm³) become liver; 0 keeps all.
+        liver_dilation_mm: how far (mm) tumor may reach beyond the liver's outline.
+
+    Returns:
+        a :class:`PostprocessResult` with a new uint8 mask.
+
+    Raises:
+        ValueError: for a mask that is not 3D, labels outside 0–2, or negative sizes.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be a (z, y, x) array; got shape {labels.shape}")
+    if min_tumor_volume_mm3 < 0 or liver_dilation_mm < 0:
+        raise ValueError("min_tumor_volume_mm3 and liver_dilation_mm must be >= 0")
+    if labels.size and (labels.min() < 0 or labels.max() > 2):
+        raise ValueError(f"labels must be 0, 1 or 2; got values in [{labels.min()}, {labels.max()}]")
+    if spacing is not None:
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing must be three positive numbers (mm) or None; got {spacing}")
+    out = np.zeros(labels.shape, np.uint8)
+    result = PostprocessResult(labels=out)
+    fg_all = labels > 0
+    if not fg_all.any():
+        return result
+    # Work inside the foreground's bounding box (plus room for dilation): far cheaper on a full CT.
+    struct = _ball(liver_dilation_mm, spacing, labels.shape[0])
+    pad = [s // 2 + 1 for s in struct.shape]
+    box = tuple(
+        slice(max(0, int(idx.min()) - p), min(n, int(idx.max()) + p + 1))
+        for idx, p, n in zip(np.nonzero(fg_all), pad, labels.shape)
+    )
+    lab = labels[box]
+    fg = largest_component(lab > 0)
+    result.removed_liver_voxels = int((lab > 0).sum() - fg.sum())
+    liver = fg & (lab == 1)
+    tumor = fg & (lab == 2)
+    region = ndimage.binary_dilation(fill_holes(liver), structure=struct) if liver.any() else np.zeros_like(liver)
+    outside = tumor & ~region
+    result.removed_tumor_outside_liver_voxels = int(outside.sum())
+    tumor &= region
+    liver_all = fill_holes(liver | tumor)
+    tumor_filled = fill_holes(tumor)
+    result.filled_voxels = int(liver_all.sum() - (liver | tumor).sum() + (tumor_filled & ~tumor).sum())
+    tumor = tumor_filled
+    if spacing is not None and min_tumor_volume_mm3 > 0 and tumor.any():
+        comp, n = ndimage.label(tumor, structure=_FULL_3D)
+        sizes_mm3 = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing))
+        small = np.flatnonzero(sizes_mm3 < min_tumor_volume_mm3)
+        small = small[small > 0]
+        if small.size:
+            tumor &= ~np.isin(comp, small)
+            result.dropped_tumor_components = int(small.size)
+    liver_all = largest_component(liver_all)
+    tumor &= liver_all
+    sub = out[box]
+    sub[liver_all] = 1
+    sub[tumor] = 2
+    log.debug("postprocessing: %s", result.summary())
+    return result

@@ -1,0 +1,531 @@
+"""The :class:`Predictor`: a CT :class:`~liverseg.io.Volume` in, a label Volume on the same grid out.
+
+Steps (as nnU-Net's predictor, with the cascade of the bundle):
+
+1. intensities: CT in HU; an 8-bit PNG/JPEG slice (``is_hu`` False) is read as an
+   abdominal-window image (W400/L40) and mapped back to pseudo-HU, ``p / 255 · 400 − 160``;
+2. ``localize`` stage (when the bundle has one): resample the whole scan to the stage's
+   coarse spacing, normalise with its :class:`~liverseg.preprocessing.Plan`, sliding-window
+   inference, and take the liver's largest component; its bounding box plus the segment
+   stage's ``roi_margin_mm`` is the region of interest. No liver found: the segment stage
+   runs on the whole scan and the prediction carries a warning;
+3. ``segment`` stage on the region: resample to its finer spacing, normalise,
+   sliding-window inference with Gaussian weighting (``overlap`` between windows),
+   optional mirroring test-time augmentation (softmax averaged over all flips);
+4. back to the input grid: probabilities are resampled linearly to the region's voxels
+   on the input grid, then the argmax gives the labels (never nearest-neighbour on labels);
+5. postprocessing (:func:`liverseg.inference.postprocess.postprocess_labels`).
+
+A single slice (a Volume with one z-slice) goes to the 2D bundle the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from liverseg.errors import InputError, ModelError
+from liverseg.inference.postprocess import largest_component, postprocess_labels
+from liverseg.io.volume import Volume
+from liverseg.models.bundle import ModelBundle, Stage, load_bundle
+from liverseg.preprocessing.resample import resample_to_shape, resampled_shape
+
+__all__ = ["Prediction", "Predictor", "ProgressCallback", "pseudo_hu_from_window"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, float], None]
+
+#: the display window an 8-bit slice is assumed to be saved with (HU): width 400, level 40
+ABDOMINAL_WINDOW_HU = (-160.0, 240.0)
+
+
+def pseudo_hu_from_window(pixels: np.ndarray, window: tuple[float, float] = ABDOMINAL_WINDOW_HU) -> np.ndarray:
+    """Map 8-bit display values (0–255) of a windowed image back to HU (float32).
+
+    >>> pseudo_hu_from_window(np.array([0, 255])).tolist()
+    [-160.0, 240.0]
+    """
+    lo, hi = window
+    return (np.asarray(pixels, np.float32) / np.float32(255.0)) * np.float32(hi - lo) + np.float32(lo)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """What :meth:`Predictor.predict` returns.
+
+    Attributes:
+        labels: uint8 label Volume (0 background, 1 liver, 2 tumor) on the input's own grid
+            (same shape, spacing, origin and direction).
+        probabilities: float16 softmax (3, z, y, x) on the input grid, when asked for; else None.
+        timings_s: seconds per step (``load_model``, ``localize``, ``segment``, ``resample``,
+            ``postprocess``, ``total``).
+        model: the bundle used: ``name``, ``sha256``, ``kind``, ``path``, ``stages``.
+        device: the torch device that ran the networks (``"cpu"``, ``"cuda:0"``).
+        warnings: what the user should know about this result (no liver found, ...).
+        postprocess: voxel counts of what postprocessing changed.
+        roi: the region of interest the segment stage saw, as (start, stop) index pairs (z, y, x)
+            on the input grid.
+    """
+
+    labels: Volume
+    probabilities: np.ndarray | None
+    timings_s: dict[str, float]
+    model: dict[str, Any]
+    device: str
+    warnings: list[str]
+    postprocess: dict[str, int] = dataclasses.field(default_factory=dict)
+    roi: list[tuple[int, int]] | None = None
+
+
+def _mirror_axes(nd: int, tta: bool) -> list[tuple[int, ...]]:
+    """Flip axes (of a (B, C, *spatial) tensor) for test-time augmentation: identity first."""
+    spatial = tuple(range(2, 2 + nd))
+    if not tta:
+        return [()]
+    return [combo for r in range(nd + 1) for combo in itertools.combinations(spatial, r)]
+
+
+def _n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Number of sliding windows MONAI's inferer uses on ``shape`` (same rule as its scan intervals)."""
+    n = 1
+    for s, r in zip(shape, roi):
+        r = min(r, s) if s < r else r
+        s = max(s, r)
+        interval = max(int(r * (1 - overlap)), 1)
+        n *= 1 if s <= r else math.ceil((s - r) / interval) + 1
+    return n
+
+
+class _OnnxNet:
+    """A stage network run by ONNX Runtime (exported at load time, one window at a time)."""
+
+    def __init__(self, net: torch.nn.Module, patch: Sequence[int], folder: Path, name: str, threads: int | None) -> None:
+        import warnings
+
+        import onnxruntime as ort
+
+        path = folder / f"{name}.onnx"
+        example = torch.zeros(1, 1, *patch)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (example,), str(path), input_names=["x"], output_names=["logits"],
+                              dynamo=True, verbose=False)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [self.session.run(None, {"x": x[i: i + 1].cpu().numpy()})[0] for i in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(outs, 0)).to(x.device)
+
+
+class Predictor:
+    """Segment liver and liver tumors in a CT Volume with a model bundle.
+
+    Args:
+        model: the 3D bundle: a bundled name (``models/<name>``), a bundle folder, or a loaded
+            :class:`~liverseg.models.bundle.ModelBundle`.
+        model_2d: the bundle for single slices, or None (then a slice is refused).
+        device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``), or ``"auto"`` (CUDA when present).
+        threads: CPU threads torch may use while predicting (None: torch's default).
+        tta: mirroring test-time augmentation (all flips; 8× the network time in 3D).
+        overlap: fraction (0 ≤ overlap < 1) by which neighbouring sliding windows overlap.
+        min_tumor_volume_mm3: tumor components smaller than this (mm³) are dropped (become liver).
+        engine: ``"torch"`` or ``"onnx"`` (ONNX Runtime on CPU; the networks are exported to a
+            temporary folder when first needed, nothing is downloaded).
+        sw_batch_size: windows per network call.
+        liver_dilation_mm: how far (mm) tumor may reach beyond the liver's outline.
+
+    Bundles are loaded (and their sha256 checked) when first needed; :meth:`load` loads them now.
+    One Predictor may serve several threads.
+
+    Example:
+        >>> predictor = Predictor("liver-tumor-3d", device="cpu", threads=2)   # doctest: +SKIP
+        >>> prediction = predictor.predict(read_volume("ct.nii.gz"))           # doctest: +SKIP
+        >>> prediction.labels.array.max()                                     # doctest: +SKIP
+        2
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | ModelBundle = "liver-tumor-3d",
+        *,
+        model_2d: str | os.PathLike[str] | ModelBundle | None = "liver-tumor-2d",
+        device: str = "cpu",
+        threads: int | None = None,
+        tta: bool = False,
+        overlap: float = 0.5,
+        min_tumor_volume_mm3: float = 10.0,
+        engine: Literal["torch", "onnx"] = "torch",
+        sw_batch_size: int = 1,
+        liver_dilation_mm: float = 3.0,
+    ) -> None:
+        if model is None:
+            raise ValueError("model must be a bundled model name, a bundle folder or a ModelBundle")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1) (a fraction of the window); got {overlap}")
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+        if float(min_tumor_volume_mm3) < 0:
+            raise ValueError(f"min_tumor_volume_mm3 must be >= 0 mm³; got {min_tumor_volume_mm3}")
+        if float(liver_dilation_mm) < 0:
+            raise ValueError(f"liver_dilation_mm must be >= 0 mm; got {liver_dilation_mm}")
+        if engine not in ("torch", "onnx"):
+            raise ValueError(f"engine must be 'torch' or 'onnx'; got {engine!r}")
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"sw_batch_size must be at least 1; got {sw_batch_size}")
+        self.device = self._resolve_device(device)
+        if engine == "onnx" and self.device.type != "cpu":
+            raise ValueError("engine='onnx' runs on the CPU only; use engine='torch' with a CUDA device")
+        self._sources: dict[str, str | os.PathLike[str] | ModelBundle | None] = {"3d": model, "2d": model_2d}
+        self.threads = None if threads is None else int(threads)
+        self.tta = bool(tta)
+        self.overlap = float(overlap)
+        self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
+        self.liver_dilation_mm = float(liver_dilation_mm)
+        self.engine = engine
+        self.sw_batch_size = int(sw_batch_size)
+        self._bundles: dict[str, ModelBundle] = {}
+        self._nets: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._lock = threading.RLock()
+        self._onnx_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _resolve_device(device: str) -> torch.device:
+        if not isinstance(device, str):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}")
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cpu":
+            return torch.device("cpu")
+        if device == "cuda" or device.startswith("cuda:"):
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+            return torch.device(device)
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}")
+
+    def bundle(self, kind: Literal["3d", "2d"] = "3d") -> ModelBundle:
+        """The loaded bundle for ``kind`` (loads and verifies it on first use).
+
+        Raises:
+            ModelError: the bundle is missing, damaged (sha256) or of the other kind.
+            InputError: ``kind == "2d"`` but this Predictor has no 2D model.
+        """
+        with self._lock:
+            if kind in self._bundles:
+                return self._bundles[kind]
+            source = self._sources[kind]
+            if source is None:
+                raise InputError(
+                    "this input is a single 2D slice, but no 2D model was given; pass model_2d (--model-2d) "
+                    "or give a 3D scan"
+                )
+            bundle = source if isinstance(source, ModelBundle) else load_bundle(source)
+            if bundle.kind != kind:
+                raise ModelError(
+                    f"model {bundle.name!r} is a {bundle.kind.upper()} bundle, but it was given as the "
+                    f"{kind.upper()} model; pass it as {'model_2d' if bundle.kind == '2d' else 'model'} instead"
+                )
+            if bundle.stage("segment") is None:
+                raise ModelError(f"bundle {bundle.name!r} has no 'segment' stage; it cannot produce labels")
+            self._bundles[kind] = bundle
+            log.info("loaded model %s (%s, sha256 %s…)", bundle.name, bundle.kind, bundle.sha256[:12])
+            return bundle
+
+    def load(self) -> "Predictor":
+        """Load (and verify) the bundles and build their networks now instead of on first use."""
+        for kind in ("3d", "2d"):
+            if kind == "2d" and self._sources["2d"] is None:
+                continue
+            b = self.bundle(kind)  # type: ignore[arg-type]
+            for stage in b.stages:
+                self._net(kind, b, stage)  # type: ignore[arg-type]
+        return self
+
+    def model_info(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, Any]:
+        """Name, sha256, kind, folder and stages of the bundle used for ``kind``."""
+        b = self.bundle(kind)
+        return {
+            "name": b.name,
+            "sha256": b.sha256,
+            "kind": b.kind,
+            "path": str(b.path) if b.path is not None else None,
+            "stages": [
+                {"name": s.name, "role": s.role, "architecture": s.architecture,
+                 "spacing_mm": list(s.plan.spacing_mm) if s.plan.spacing_mm else None,
+                 "patch_size": list(s.plan.patch_size)}
+                for s in b.stages
+            ],
+            "engine": self.engine,
+            "tta": self.tta,
+            "overlap": self.overlap,
+        }
+
+    def _net(self, kind: str, bundle: ModelBundle, stage: Stage) -> Callable[[torch.Tensor], torch.Tensor]:
+        key = (kind, stage.name)
+        with self._lock:
+            if key in self._nets:
+                return self._nets[key]
+            try:
+                net = bundle.build(stage, device=self.device)
+            except ValueError as exc:  # build_model's reason for an unknown or inconsistent architecture
+                raise ModelError(f"bundle {bundle.name!r}, stage {stage.name!r}: {exc}") from exc
+            if getattr(net, "deep_supervision", False):
+                net.deep_supervision = False
+            fn: Callable[[torch.Tensor], torch.Tensor] = net
+            if self.engine == "onnx":
+                if self._onnx_dir is None:
+                    self._onnx_dir = tempfile.TemporaryDirectory(prefix="liverseg-onnx-")
+                t0 = time.perf_counter()
+                fn = _OnnxNet(net, stage.plan.patch_size, Path(self._onnx_dir.name), f"{kind}-{stage.name}", self.threads)
+                log.info("exported stage %s to ONNX in %.1f s", stage.name, time.perf_counter() - t0)
+            self._nets[key] = fn
+            return fn
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        if self.threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        volume: Volume,
+        *,
+        progress: ProgressCallback | None = None,
+        return_probabilities: bool = False,
+    ) -> Prediction:
+        """Labels (and optionally probabilities) for ``volume`` on its own grid.
+
+        Args:
+            volume: a CT Volume in HU, or a single 8-bit abdominal-window slice (``is_hu`` False).
+            progress: called as ``progress(step, fraction)`` with the overall fraction done
+                (0–1); steps are ``"load_model"``, ``"localize"``, ``"segment"``,
+                ``"postprocess"``, ``"done"``.
+            return_probabilities: also return the softmax (float16, (3, z, y, x)) on the input grid.
+
+        Raises:
+            InputError: the volume cannot be segmented (empty, not finite, a slice without a 2D model).
+            ModelError: the bundle is missing or damaged.
+        """
+        if not isinstance(volume, Volume):
+            raise TypeError(f"volume must be a liverseg.io.Volume; got {type(volume).__name__}")
+        report = progress or (lambda step, fraction: None)
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        kind: Literal["3d", "2d"] = "2d" if volume.is_2d else "3d"
+        report("load_model", 0.0)
+        t0 = time.perf_counter()
+        bundle = self.bundle(kind)
+        for stage in bundle.stages:
+            self._net(kind, bundle, stage)
+        timings["load_model"] = time.perf_counter() - t0
+
+        hu = self._to_hu(volume, warnings)
+        spacing = volume.spacing
+        if spacing is None and kind == "3d":
+            warnings.append("the scan has no voxel spacing: it was used at the model's own spacing, and sizes are unknown")
+        with self._threads(), torch.inference_mode():
+            probs, roi = self._cascade(kind, bundle, hu, spacing, timings, warnings, report)
+            report("postprocess", 0.9)
+            t0 = time.perf_counter()
+            labels = self._labels_from_probs(probs, hu.shape, roi)
+            timings["resample"] = timings.get("resample", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        post = postprocess_labels(
+            labels,
+            spacing=spacing,
+            min_tumor_volume_mm3=self.min_tumor_volume_mm3,
+            liver_dilation_mm=self.liver_dilation_mm,
+        )
+        timings["postprocess"] = time.perf_counter() - t0
+        if not (post.labels > 0).any():
+            warnings.append("no liver was found in this image")
+        probabilities = None
+        if return_probabilities:
+            t0 = time.perf_counter()
+            probabilities = self._full_probabilities(probs, hu.shape, roi)
+            timings["resample"] += time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        report("done", 1.0)
+        for w in warnings:
+            log.warning("%s", w)
+        label_volume = volume.with_array(post.labels, is_hu=False, modality="SEG")
+        return Prediction(
+            labels=label_volume,
+            probabilities=probabilities,
+            timings_s={k: round(v, 4) for k, v in timings.items()},
+            model=self.model_info(kind),
+            device=str(self.device),
+            warnings=warnings,
+            postprocess=post.summary(),
+            roi=[(int(s.start), int(s.stop)) for s in roi],
+        )
+
+    @staticmethod
+    def _to_hu(volume: Volume, warnings: list[str]) -> np.ndarray:
+        arr = volume.array
+        if arr.size == 0:
+            raise InputError("the image is empty (no voxels)")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise InputError("the image holds NaN or infinite values; export it again as CT in HU")
+        if volume.is_hu:
+            return np.asarray(arr, np.float32)
+        if volume.is_2d:
+            if arr.min() < 0 or arr.max() > 255:
+                raise InputError(
+                    f"an image without HU must be an 8-bit abdominal-window slice (values 0–255); "
+                    f"this one has values {arr.min()}–{arr.max()}"
+                )
+            warnings.append(
+                "the slice has no Hounsfield units: it was read as an 8-bit abdominal-window image "
+                "(W400/L40) and mapped back to pseudo-HU"
+            )
+            return pseudo_hu_from_window(arr)
+        warnings.append("the scan is not marked as CT in HU; its values were used as HU")
+        return np.asarray(arr, np.float32)
+
+    def _cascade(
+        self,
+        kind: str,
+        bundle: ModelBundle,
+        hu: np.ndarray,
+        spacing: tuple[float, float, float] | None,
+        timings: dict[str, float],
+        warnings: list[str],
+        report: ProgressCallback,
+    ) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+        """Softmax of the segment stage on its own grid, and the region (input grid) it covers."""
+        loc, seg = bundle.stage("localize"), bundle.stage("segment")
+        assert seg is not None
+        roi = tuple(slice(0, n) for n in hu.shape)
+        seg_start = 0.05
+        if loc is not None:
+            seg_start = 0.25
+            t0 = time.perf_counter()
+            probs = self._run_stage(kind, bundle, loc, hu, spacing,
+                                    lambda f: report("localize", 0.05 + 0.2 * f))
+            liver = largest_component((probs.argmax(0) > 0).cpu().numpy())
+            del probs
+            timings["localize"] = time.perf_counter() - t0
+            if liver.any():
+                roi = self._roi_from_coarse(liver, hu.shape, spacing, seg.roi_margin_mm or 0.0)
+            else:
+                warnings.append(
+                    "the localizer found no liver: the segment stage ran on the whole image (slower, less reliable)"
+                )
+        t0 = time.perf_counter()
+        probs = self._run_stage(kind, bundle, seg, hu[roi], spacing,
+                                lambda f: report("segment", seg_start + (0.9 - seg_start) * f))
+        timings["segment"] = time.perf_counter() - t0
+        return probs, roi  # type: ignore[return-value]
+
+    @staticmethod
+    def _roi_from_coarse(
+        liver: np.ndarray, shape: Sequence[int], spacing: Sequence[float] | None, margin_mm: float
+    ) -> tuple[slice, ...]:
+        """The liver's bounding box on a coarse grid → index slices on the input grid, plus a margin (mm).
+
+        The coarse grid covers the same field of view (voxel edges aligned at both ends), so
+        coarse voxel ``j`` spans input indices ``[j · n / m, (j + 1) · n / m)``.
+        """
+        roi = []
+        for axis, (n, m) in enumerate(zip(shape, liver.shape)):
+            other = tuple(a for a in range(liver.ndim) if a != axis)
+            idx = np.flatnonzero(liver.any(axis=other))
+            lo, hi = idx[0] * n / m, (idx[-1] + 1) * n / m
+            pad = margin_mm / spacing[axis] if spacing is not None else 0.0
+            roi.append(slice(max(0, int(math.floor(lo - pad))), min(n, int(math.ceil(hi + pad)))))
+        return tuple(roi)
+
+    def _run_stage(
+        self,
+        kind: str,
+        bundle: ModelBundle,
+        stage: Stage,
+        hu: np.ndarray,
+        spacing: Sequence[float] | None,
+        report: Callable[[float], None],
+    ) -> torch.Tensor:
+        """Softmax (C, z', y', x') of one stage on the stage's grid (float32, on the device)."""
+        from monai.inferers import sliding_window_inference
+
+        plan = stage.plan
+        nd = 2 if kind == "2d" else 3
+        target = tuple(hu.shape)
+        if plan.spacing_mm is not None and spacing is not None:
+            target = resampled_shape(hu.shape, spacing, plan.spacing_mm)
+            if nd == 2:
+                target = (1, *target[1:])
+        x = resample_to_shape(torch.from_numpy(np.ascontiguousarray(hu, np.float32)), target, order=1)
+        x = torch.from_numpy(plan.normalize(x.numpy()))[None, None].to(self.device)  # (1, 1, z, y, x)
+        if nd == 2:
+            x = x[:, :, 0]  # (1, 1, y, x)
+        roi_size = tuple(plan.patch_size[-nd:])
+        net = self._net(kind, bundle, stage)
+        flips = _mirror_axes(nd, self.tta)
+        total = max(1, _n_windows(x.shape[2:], roi_size, self.overlap) * len(flips))
+        done = [0]
+
+        def counted(batch: torch.Tensor) -> torch.Tensor:
+            out = net(batch)
+            done[0] += batch.shape[0]
+            report(min(1.0, done[0] / total))
+            return out
+
+        acc: torch.Tensor | None = None
+        for axes in flips:
+            xi = torch.flip(x, axes) if axes else x
+            logits = sliding_window_inference(
+                xi, roi_size, self.sw_batch_size, counted, overlap=self.overlap, mode="gaussian",
+                padding_mode="constant", cval=float(plan.normalize(np.array([plan.clip_hu[0]]))[0]),
+            )
+            p = torch.softmax(torch.as_tensor(logits).float(), dim=1)
+            if axes:
+                p = torch.flip(p, axes)
+            acc = p if acc is None else acc.add_(p)
+        assert acc is not None
+        acc /= len(flips)
+        probs = acc[0]
+        if nd == 2:
+            probs = probs[:, None]  # (C, 1, y, x)
+        return probs
+
+    @staticmethod
+    def _roi_probs(probs: torch.Tensor, roi: Sequence[slice]) -> torch.Tensor:
+        shape = tuple(s.stop - s.start for s in roi)
+        return resample_to_shape(probs.float().cpu(), shape, order=1)  # type: ignore[return-value]
+
+    def _labels_from_probs(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:
+        labels = np.zeros(tuple(shape), np.uint8)
+        labels[tuple(roi)] = self._roi_probs(probs, roi).argmax(0).to(torch.uint8).numpy()
+        return labels
+
+    def _full_probabilities(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:
+        out = np.zeros((probs.shape[0], *shape), np.float16)
+        out[0] = 1.0  # background outside the region of interest
+        out[(slice(None), *roi)] = self._roi_probs(probs, roi).numpy().astype(np.float16)
+        return out

@@ -102,7 +102,7 @@ def test_nifti_1d(tmp_path):
 def test_text_renamed_nii(tmp_path):
     p = tmp_path / "notes.nii"
     p.write_text("patient report: liver looks fine\n" * 20)
-    with pytest.raises(CorruptFileError, match="named like NIfTI but it holds plain text"):
+    with pytest.raises(CorruptFileError, match="is named like NIfTI but holds plain text"):
         read_volume(p)
 
 

@@ -120,10 +120,10 @@ def sniff_format(path: str | Path) -> str:
         return "metaimage"
     if _looks_like_text(head[:256]):
         text = head.decode("utf-8", errors="replace")
-        what = f"named like {hint} but it" if hint else "it"
+        what = f"is named like {hint} but holds" if hint else "holds"
         err = CorruptFileError if hint else UnsupportedFormatError
         raise err(
-            f"{path.name} is {what} holds plain text, not an image (it begins {text[:40]!r}); "
+            f"{path.name} {what} plain text, not an image (it begins {text[:40]!r}); "
             "give the scan file itself (NIfTI, MHA/NRRD, DICOM folder or .zip, PNG/JPEG)"
         )
     if _looks_like_dicom_without_preamble(path):

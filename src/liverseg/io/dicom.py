@@ -1,6 +1,6 @@
 """DICOM series: discovery in a folder, choice of the CT series, sorting and HU decoding.
 
-Compressed transfer syntaxes (JPEG 2000, JPEG lossless, JPEG-LS, RLE) are decoded
+Compressed transfer syntaxes (JPEG 2000, JPEG lossless and baseline, RLE) are decoded
 by pydicom's pixel backends and the pylibjpeg plugins (pylibjpeg-openjpeg,
 pylibjpeg-libjpeg, pylibjpeg-rle).
 

@@ -13,7 +13,7 @@ import numpy as np
 from liverseg.errors import NotCTError
 from liverseg.io.archive import ArchiveLimits, extract_zip
 from liverseg.io.detect import sniff_format
-from liverseg.io.dicom import SeriesInfo, read_series, scan_dicom, select_series, sort_datasets
+from liverseg.io.dicom import read_series, scan_dicom, select_series, sort_datasets
 from liverseg.io.nifti import read_itk_image, read_nifti
 from liverseg.io.raster import read_raster
 from liverseg.io.volume import Volume

@@ -72,9 +72,12 @@ def _run_train(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / COMMAND_TXT).write_text("liverseg " + shlex.join(sys.argv[1:]) + "\n")
+        words = ["liverseg", "train"] + [w for d in args.data for w in ("--data", d)]
+        words += ["--config", args.config, "--out", args.out] + [w for s in args.stage or () for w in ("--stage", s)]
+        words += ["--export", args.export] if args.export else []
+        (Path(args.out) / COMMAND_TXT).write_text(shlex.join(words) + "\n")
     result = train(config, out_dir=args.out, resume=args.resume, stages=args.stage, data=args.data)
-    for name, st in result.stages.items():
+    for name, st in result.stages.items() if main_rank else ():
         m = st.best_metrics or st.last_metrics or {}
         sys.stdout.write(
             f"stage {name}: {st.epochs_done} epochs in {st.train_seconds / 60:.1f} min ({st.stopped_by}); validation "
@@ -85,6 +88,58 @@ def _run_train(args: argparse.Namespace) -> int:
         folder = export_bundle(args.out, name=dest.name if dest else args.export, dest=dest)
         sys.stdout.write(f"model bundle written to {folder}\n")
     return 0
+
+
+def _add_predict(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment liver and tumors: mask, report (JSON/CSV/HTML/PDF), overlays, DICOM SEG per case",
+        description="Segment each case into OUT/<case>/. Inputs: NIfTI/MHA/NRRD files, DICOM folders (one "
+        "series = one case) or .zip, PNG/JPEG/DICOM slices, or folders of such files (one case per file).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder (one subfolder per case)")
+    p.add_argument("--model", default="liver-tumor-3d", help="3D model: bundled name or bundle folder")
+    p.add_argument("--model-2d", default="liver-tumor-2d",
+                   help="model for single 2D slices: bundled name or bundle folder ('none': refuse slices)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="network runtime (default torch)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from liverseg.inference import Predictor, run_cases
+
+    try:
+        predictor = Predictor(
+            args.model,
+            model_2d=None if str(args.model_2d).lower() == "none" else args.model_2d,
+            device=args.device,
+            threads=args.threads,
+            tta=args.tta,
+            overlap=args.overlap,
+            engine=args.engine,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    results = run_cases(args.inputs, args.out, predictor=predictor, overwrite=args.overwrite,
+                        save_probabilities=args.save_probabilities, progress_bar=sys.stderr.isatty() or args.verbose > 0)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "bad_input", "failed")}
+    sys.stdout.write(
+        f"{counts['done']} done, {counts['skipped']} skipped (already done), "
+        f"{counts['bad_input'] + counts['failed']} failed -> {args.out}\n"
+    )
+    for r in results:
+        if r.status in ("bad_input", "failed"):
+            sys.stdout.write(f"  FAILED {r.input}: {r.error}\n")
+    if counts["failed"]:
+        return 1
+    return 2 if counts["bad_input"] else 0
 
 
 def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
@@ -106,11 +161,104 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("serve", help="run the web app (waitress) with a local job worker pool")
+    p.add_argument("--data-dir", default="liverseg-data", help="SQLite database and study files (default ./liverseg-data)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--model", default=None, help="3D model bundle name or folder (default: the bundled model)")
+    p.add_argument("--max-upload-gb", type=float, default=2.0, help="largest upload in GB (default 2)")
+    p.add_argument("--max-files", type=int, default=5000, help="most files in one upload (default 5000)")
+    p.add_argument("--insecure-cookies", action="store_true",
+                   help="send the session cookie over plain HTTP too (LAN without TLS; not needed for 127.0.0.1)")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from liverseg.web.app import open_store
+    from liverseg.web.auth import ensure_admin
+    from liverseg.web.server import serve
+
+    password = ensure_admin(open_store(args.data_dir))
+    if password is not None:  # shown once, on stdout only (never in the log)
+        sys.stdout.write(f"Created the first user: admin / {password}\nSign in and change it (Account page).\n")
+        sys.stdout.flush()
+    sys.stdout.write(f"liverseg: serving on http://{args.host}:{args.port} (Ctrl+C to stop)\n")
+    sys.stdout.flush()
+    serve(data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers, model=args.model,
+          max_upload_bytes=int(args.max_upload_gb * 1024**3), max_files=args.max_files,
+          secure_cookies=not args.insecure_cookies)
+    return 0
+
+
+def _add_users(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("users", help="manage web app users and API tokens")
+    p.add_argument("--data-dir", default="liverseg-data", help="the web app's data folder (default ./liverseg-data)")
+    us = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    a = us.add_parser("add", help="add a user with a random password (printed once)")
+    a.add_argument("name")
+    a.add_argument("--admin", action="store_true", help="may manage users")
+    t = us.add_parser("token", help="create an API token (printed alone on the last line)")
+    t.add_argument("name")
+    w = us.add_parser("passwd", help="set a user's password (asked for; or one line on stdin)")
+    w.add_argument("name")
+    us.add_parser("list", help="list users")
+    for q in (a, t, w):
+        q.add_argument("--data-dir", default=argparse.SUPPRESS, help="as above")
+    p.set_defaults(handler=_run_users)
+
+
+def _run_users(args: argparse.Namespace) -> int:
+    from liverseg.web import auth
+    from liverseg.web.app import open_store
+
+    store = open_store(args.data_dir)
+    if args.users_command == "list":
+        for u in store.users():
+            sys.stdout.write(f"{u.name}\t{'admin' if u.is_admin else 'user'}\t{u.created_at}\n")
+        return 0
+    if args.users_command == "add":
+        password = auth.random_password()
+        try:
+            auth.create_user(store, name=args.name, password=password, is_admin=args.admin)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        sys.stdout.write(f"Created {'admin' if args.admin else 'user'} {args.name}; password (shown once):\n{password}\n")
+        return 0
+    user = store.user_by_name(args.name)
+    if user is None:
+        raise InputError(f"no user named {args.name!r}; add one with `liverseg users add {args.name}`")
+    if args.users_command == "token":
+        token = auth.new_token()
+        store.add_token(user.id, token)
+        sys.stdout.write(f"API token for {user.name} (shown once; send it as 'Authorization: Bearer <token>'):\n{token}\n")
+        return 0
+    # passwd
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat: ") != password:
+            raise InputError("the two passwords differ; nothing changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        auth.set_password(store, user, password)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    sys.stdout.write(f"Password of {user.name} changed; their open sessions were ended.\n")
+    return 0
+
+
 # Each subcommand adds itself here: (name, function adding its parser).
 _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
     _add_info,
+    _add_predict,
     _add_train,
     _add_evaluate,
+    _add_serve,
+    _add_users,
 ]
 
 

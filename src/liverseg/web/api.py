@@ -1,0 +1,210 @@
+"""The REST API under ``/api`` (Bearer tokens; no cookies, so no CSRF) and its OpenAPI spec."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from flask import Blueprint, abort, g, jsonify, request
+
+from liverseg import __version__
+from liverseg.errors import InputError
+from liverseg.web.store import Study
+from liverseg.web.uploads import TooManyFilesError
+from liverseg.web.views import OUTPUT_FILES, create_study, ctx, delete_study_files, send_output, study_json
+
+__all__ = ["bp", "openapi_spec"]
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def token_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        user = ctx().store.user_by_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if user is None:
+            resp = jsonify(error="authentication required: send 'Authorization: Bearer <token>' "
+                                 "(create a token with `liverseg users token NAME` or on the Account page)")
+            resp.status_code = 401
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="liverseg"'
+            return resp
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _own(study_id: str) -> Study:
+    study = ctx().store.study(study_id, user_id=g.user.id) if study_id.isalnum() else None
+    if study is None:
+        abort(404)
+    return study
+
+
+@bp.route("/studies", methods=["POST"])
+@token_required
+def create() -> Any:
+    try:
+        study = create_study(g.user, request.files.getlist("files"), request.form.get("note", ""))
+    except TooManyFilesError as exc:
+        return jsonify(error=str(exc)), 413
+    except InputError as exc:
+        return jsonify(error=str(exc)), 400
+    resp = jsonify(id=study.id, status="queued")
+    resp.status_code = 202
+    resp.headers["Location"] = f"/api/studies/{study.id}"
+    return resp
+
+
+@bp.route("/studies", methods=["GET"])
+@token_required
+def list_studies() -> Any:
+    q = request.args.get("q", "").strip()[:200]
+    return jsonify(studies=[study_json(s) for s in ctx().store.studies(user_id=g.user.id, search=q)])
+
+
+@bp.route("/studies/<study_id>", methods=["GET"])
+@token_required
+def get_study(study_id: str) -> Any:
+    return jsonify(study_json(_own(study_id), with_report=True))
+
+
+@bp.route("/studies/<study_id>", methods=["DELETE"])
+@token_required
+def delete_study(study_id: str) -> Any:
+    study = _own(study_id)
+    delete_study_files(study.id)
+    return jsonify(id=study.id, deleted=True)
+
+
+@bp.route("/studies/<study_id>/files/<name>", methods=["GET"])
+@token_required
+def get_file(study_id: str, name: str) -> Any:
+    return send_output(_own(study_id), name)
+
+
+@bp.route("/openapi.json", methods=["GET"])
+def openapi() -> Any:
+    return jsonify(openapi_spec())
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI 3.0 description of this API."""
+    err = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+    def e(text: str) -> dict[str, Any]:
+        return {**err, "description": text}
+
+    study_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "liverseg API",
+            "version": __version__,
+            "description": "Upload abdominal CT, get liver and liver-tumor segmentations and measurements. "
+                           "Research software, not for diagnostic use.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "`liverseg users token NAME` prints a token"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+                "Summary": {"type": "object", "properties": {
+                    "liver_volume_ml": {"type": "number", "nullable": True,
+                                        "description": "liver volume in mL, tumor included"},
+                    "lesion_count": {"type": "integer", "nullable": True},
+                    "tumor_volume_ml": {"type": "number", "nullable": True},
+                    "tumor_burden_pct": {"type": "number", "nullable": True,
+                                         "description": "tumor volume / liver volume x 100"},
+                }},
+                "Study": {"type": "object", "properties": {
+                    "id": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "note": {"type": "string"},
+                    "input_name": {"type": "string"},
+                    "input_format": {"type": "string"},
+                    "n_files": {"type": "integer"},
+                    "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+                    "stage": {"type": "string"},
+                    "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                    "error": {"type": "string", "nullable": True, "description": "why the job failed"},
+                    "attempts": {"type": "integer"},
+                    "started_at": {"type": "string", "nullable": True},
+                    "finished_at": {"type": "string", "nullable": True},
+                    "summary": {"$ref": "#/components/schemas/Summary"},
+                    "files": {"type": "array", "items": {"type": "string", "enum": list(OUTPUT_FILES)},
+                              "description": "outputs available for download (status done)"},
+                    "report": {"type": "object", "description": "report.json (GET /api/studies/{id}, status done)"},
+                }},
+            },
+        },
+        "paths": {
+            "/api/studies": {
+                "post": {
+                    "summary": "Upload a scan; a job is queued",
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object",
+                        "properties": {
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                      "description": "one NIfTI/MHA/NRRD file, a DICOM series (many files) or a "
+                                                     ".zip of it, or one DICOM/PNG/JPEG slice"},
+                            "note": {"type": "string"},
+                        },
+                        "required": ["files"],
+                    }}}},
+                    "responses": {
+                        "202": {"description": "accepted", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {"id": {"type": "string"},
+                                                             "status": {"type": "string", "enum": ["queued"]}}}}}},
+                        "400": e("the content is refused (unknown format, unsafe zip, no DICOM files)"),
+                        "401": e("no or unknown token"),
+                        "413": e("too large or too many files"),
+                    },
+                },
+                "get": {
+                    "summary": "The caller's studies, newest first",
+                    "parameters": [{"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
+                                    "description": "search in note, file name, id, status"}],
+                    "responses": {
+                        "200": {"description": "", "content": {"application/json": {"schema": {
+                            "type": "object", "properties": {"studies": {
+                                "type": "array", "items": {"$ref": "#/components/schemas/Study"}}}}}}},
+                        "401": e("no or unknown token"),
+                    },
+                },
+            },
+            "/api/studies/{id}": {
+                "get": {
+                    "summary": "Status, progress, stage, error, and the report when done",
+                    "parameters": [study_id],
+                    "responses": {
+                        "200": {"description": "", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Study"}}}},
+                        "401": e("no or unknown token"),
+                        "404": e("no such study for this user"),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete the study and its files",
+                    "parameters": [study_id],
+                    "responses": {"200": {"description": "deleted"}, "401": e("no or unknown token"),
+                                  "404": e("no such study for this user")},
+                },
+            },
+            "/api/studies/{id}/files/{name}": {
+                "get": {
+                    "summary": "Download one output",
+                    "parameters": [study_id, {"name": "name", "in": "path", "required": True,
+                                              "schema": {"type": "string", "enum": list(OUTPUT_FILES)}}],
+                    "responses": {"200": {"description": "the file"}, "401": e("no or unknown token"),
+                                  "404": e("no such study, not done yet, or no such output")},
+                },
+            },
+            "/api/openapi.json": {"get": {"summary": "This document", "security": [],
+                                          "responses": {"200": {"description": ""}}}},
+        },
+    }

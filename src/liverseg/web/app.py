@@ -1,0 +1,227 @@
+"""The Flask app factory: configuration, security headers, error pages, the worker pool."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from liverseg.web.auth import LoginLimiter
+from liverseg.web.jobs import WorkerPool, shared_factory
+from liverseg.web.store import Store
+from liverseg.web.uploads import input_path, output_dir
+from liverseg.web.viewer import VolumeCache, load_study_volumes
+
+__all__ = ["create_app", "default_predictor_factory", "WebContext", "open_store", "DEFAULT_MAX_UPLOAD_BYTES",
+           "DEFAULT_MAX_FILES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
+DEFAULT_MAX_FILES = 5000
+
+#: Every page satisfies this: scripts and styles only from our own static files.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+@dataclasses.dataclass
+class WebContext:
+    """What the views share: ``app.extensions['liverseg']``."""
+
+    data_dir: Path
+    store: Store
+    pool: WorkerPool
+    cache: VolumeCache
+    limiter: LoginLimiter
+    max_files: int
+    max_upload_bytes: int
+
+
+def open_store(data_dir: str | Path) -> Store:
+    """The store of a data folder (``<data_dir>/liverseg.sqlite3``), created and migrated when needed."""
+    return Store(path=Path(data_dir) / "liverseg.sqlite3")
+
+
+def _secret_key(data_dir: Path) -> bytes:
+    """The session-signing key kept in ``<data_dir>/secret_key`` (created once, mode 0600)."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+        os.replace(tmp, path)
+    return path.read_bytes()
+
+
+def default_predictor_factory(model: str | Path | None = None) -> Callable[[], Any]:
+    """A factory building ``liverseg.inference.Predictor`` for ``model`` (a bundle name or path; None: the default)."""
+
+    def build() -> Any:
+        from liverseg.inference import Predictor
+
+        return Predictor(model) if model is not None else Predictor()
+
+    return build
+
+
+def _clean_orphans(data_dir: Path, store: Store) -> None:
+    """Remove half-finished uploads (``tmp/``) and study folders without a database row."""
+    shutil.rmtree(data_dir / "tmp", ignore_errors=True)
+    studies = data_dir / "studies"
+    if studies.is_dir():
+        for d in studies.iterdir():
+            if d.is_dir() and store.study(d.name) is None:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def create_app(
+    *,
+    data_dir: str | Path,
+    workers: int = 1,
+    start_workers: bool = True,
+    predictor_factory: Callable[[], Any] | None = None,
+    model: str | Path | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+    secure_cookies: bool = True,
+    login_max_failures: int = 5,
+    login_window_s: float = 900.0,
+    viewer_cache_size: int = 4,
+    **config: Any,
+) -> Flask:
+    """Build the liverseg web app over the data folder ``data_dir``.
+
+    Args:
+        data_dir: SQLite database, secret key and study files live here (created when missing).
+        workers: worker threads running jobs.
+        start_workers: start the pool now (tests pass False and call ``pool.run_pending()``).
+        predictor_factory: returns the Predictor; default builds ``Predictor`` for ``model``.
+        model: bundle name or path for the default factory (None: the library's default).
+        max_upload_bytes: largest request body (bytes); larger answers 413.
+        max_files: most files in one upload; more answers 413.
+        secure_cookies: send the session cookie only over HTTPS (browsers treat
+            http://127.0.0.1 and http://localhost as secure); False for plain-HTTP LAN use.
+        login_max_failures, login_window_s: failed logins allowed per user name in the window.
+        viewer_cache_size: studies whose volumes stay in memory for the slice viewer.
+        **config: further Flask config keys (e.g. ``TESTING=True``).
+
+    >>> app = create_app(data_dir="liverseg-data", start_workers=False)  # doctest: +SKIP
+    """
+    for name, value in (("workers", workers), ("max_upload_bytes", max_upload_bytes), ("max_files", max_files),
+                        ("viewer_cache_size", viewer_cache_size)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(data_dir)
+    _clean_orphans(data_dir, store)
+
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config.update(
+        SECRET_KEY=_secret_key(data_dir),
+        MAX_CONTENT_LENGTH=int(max_upload_bytes),
+        MAX_FORM_PARTS=int(max_files) + 16,
+        SESSION_COOKIE_NAME="liverseg_session",
+        SESSION_COOKIE_SECURE=bool(secure_cookies),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_TIME_LIMIT=12 * 3600,
+        SEND_FILE_MAX_AGE_DEFAULT=3600,
+        DEBUG=False,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.config.update(config)
+    app.debug = False
+
+    factory = shared_factory(predictor_factory or default_predictor_factory(model))
+    pool = WorkerPool(store=store, data_dir=data_dir, predictor_factory=factory, workers=int(workers))
+
+    def load(study_id: str) -> Any:
+        return load_study_volumes(input_path(data_dir, study_id), output_dir(data_dir, study_id) / "mask.nii.gz")
+
+    ctx = WebContext(
+        data_dir=data_dir,
+        store=store,
+        pool=pool,
+        cache=VolumeCache(size=int(viewer_cache_size), loader=load),
+        limiter=LoginLimiter(max_failures=login_max_failures, window_s=login_window_s),
+        max_files=int(max_files),
+        max_upload_bytes=int(max_upload_bytes),
+    )
+    app.extensions["liverseg"] = ctx
+
+    csrf = CSRFProtect(app)
+    from liverseg.web import api, views
+
+    app.register_blueprint(views.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)  # the API authenticates with Bearer tokens, never with cookies
+
+    @app.after_request
+    def _headers(resp):  # type: ignore[no-untyped-def]
+        h = resp.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        h.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        if request.is_secure:
+            h.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if not request.path.startswith("/static/"):
+            h.setdefault("Cache-Control", "no-store")
+        return resp
+
+    def _wants_json() -> bool:
+        return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError):  # type: ignore[no-untyped-def]
+        msg = "the form was sent without a valid security token (it may have expired); reload the page and try again"
+        if _wants_json():
+            return jsonify(error=msg), 400
+        return render_template("error.html", code=400, message=msg), 400
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+        code = exc.code or 500
+        messages = {
+            413: f"the upload is too large: at most {max_upload_bytes / 1024**3:.3g} GB and {max_files} files per study",
+            404: "not found",
+            401: "authentication required",
+        }
+        msg = messages.get(code) or exc.description or exc.name
+        if _wants_json():
+            return jsonify(error=msg), code
+        return render_template("error.html", code=code, message=msg), code
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception):  # type: ignore[no-untyped-def]
+        log.error("internal error on %s %s (%s)", request.method, request.url_rule, type(exc).__name__,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        msg = "internal error; the server goes on. Try again, and report it if it happens again"
+        if _wants_json():
+            return jsonify(error=msg), 500
+        return render_template("error.html", code=500, message=msg), 500
+
+    if start_workers:
+        pool.start()
+    else:
+        requeued, failed = store.recover_running()
+        if requeued or failed:
+            log.warning("restart: %d interrupted job(s) requeued, %d failed", requeued, failed)
+    return app

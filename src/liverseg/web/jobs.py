@@ -1,0 +1,249 @@
+"""Running studies: the job function and a local pool of worker threads.
+
+:func:`run_study_job` is the whole job: it needs only the store, the data folder and a
+way to get a predictor, so a real queue (Celery or RQ on Redis, many machines sharing the
+data folder and the database) can call it as is. :class:`WorkerPool` is the embedded
+default: N threads that claim queued jobs from the store.
+
+Restart safety: :meth:`WorkerPool.start` first requeues jobs the last process left
+``running`` (or fails them after three interrupted attempts); every exception inside a
+job marks it failed with its reason, and the worker thread goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from liverseg.errors import InputError, LiversegError
+from liverseg.web.store import Store
+from liverseg.web.uploads import input_path, output_dir
+
+__all__ = ["run_study_job", "summarize_report", "analysis_of", "WorkerPool", "shared_factory"]
+
+log = logging.getLogger(__name__)
+
+PredictorFactory = Callable[[], Any]
+
+
+def analysis_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The measurements part of a ``report.json`` (``liverseg.analysis.Analysis.to_dict()``).
+
+    It is looked for at the top level and under ``analysis`` / ``measurements``; an empty
+    dict when the report holds none.
+    """
+    for candidate in (report, report.get("analysis"), report.get("measurements")):
+        if isinstance(candidate, dict) and "lesions" in candidate:
+            return candidate
+    return {}
+
+
+def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The key numbers of a ``report.json``: liver volume (mL), lesion count, tumor volume (mL), burden (%)."""
+    a = analysis_of(report)
+    lesions = a.get("lesions")
+    count = a.get("tumor_count")
+    if count is None and isinstance(lesions, list):
+        count = len(lesions)
+    return {
+        "liver_volume_ml": a.get("liver_volume_ml"),
+        "lesion_count": count,
+        "tumor_volume_ml": a.get("tumor_volume_ml"),
+        "tumor_burden_pct": a.get("tumor_burden_percent"),
+    }
+
+
+class _Progress:
+    """Writes (stage, fraction) to the store at most every ``every_s`` seconds, or when the stage changes."""
+
+    def __init__(self, store: Store, job_id: int, *, every_s: float = 0.5) -> None:
+        self.store, self.job_id, self.every_s = store, job_id, every_s
+        self._last = 0.0
+        self._stage = ""
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage != self._stage or now - self._last >= self.every_s or fraction >= 1.0:
+            self._stage, self._last = stage, now
+            try:
+                self.store.set_progress(self.job_id, stage=str(stage), progress=float(fraction))
+            except Exception:  # progress is best effort; the job goes on
+                log.warning("job %s: could not store progress", self.job_id, exc_info=True)
+
+
+def run_study_job(
+    study_id: str,
+    *,
+    store: Store,
+    data_dir: str | Path,
+    predictor_factory: PredictorFactory,
+) -> str:
+    """Segment and measure one study; store its result or its failure. Returns the final job status.
+
+    The study's latest job is marked running, ``liverseg.inference.run_case`` writes every
+    output into ``<data_dir>/studies/<id>/output`` and the report is stored. Any exception
+    marks the job failed with a message for the user (:class:`~liverseg.errors.InputError`:
+    the message as is; anything else: an internal error with its type); nothing is raised.
+    """
+    from liverseg.inference import run_case
+
+    data_dir = Path(data_dir)
+    study = store.study(study_id)
+    job = store.latest_job(study_id)
+    if study is None or job is None:
+        log.warning("study %s: no such study or job (deleted?); skipping", study_id)
+        return "missing"
+    if job.status in ("done", "failed"):
+        return job.status
+    store.start_job(job.id)
+    t0 = time.monotonic()
+    log.info("study %s: job %d started", study_id, job.id)
+    try:
+        predictor = predictor_factory()
+        progress = _Progress(store, job.id)
+        progress("reading the scan", 0.0)
+        report = run_case(
+            input_path(data_dir, study_id),
+            output_dir(data_dir, study_id),
+            predictor=predictor,
+            overwrite=True,
+            progress=progress,
+            note=study.note or None,
+        )
+        if not isinstance(report, dict):
+            raise TypeError(f"run_case returned {type(report).__name__}, expected the report dict")
+        if store.study(study_id) is None:  # deleted while it ran
+            return "missing"
+        store.finish_job(job.id, report=report, summary=summarize_report(report))
+        log.info("study %s: job %d done in %.1f s", study_id, job.id, time.monotonic() - t0)
+        return "done"
+    except InputError as exc:
+        reason = str(exc)
+    except LiversegError as exc:
+        reason = f"the analysis failed: {exc}"
+    except MemoryError:
+        reason = "the server ran out of memory on this scan; try again later or upload a smaller series"
+    except Exception as exc:  # a crashed job is marked failed with its reason, never left running
+        reason = f"internal error ({type(exc).__name__}: {exc}); press Retry, and report it if it happens again"
+        log.error("study %s: job %d crashed (%s)", study_id, job.id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+    # the reason may quote file names or metadata: it goes to the store (for the user), not to the log
+    log.info("study %s: job %d failed after %.1f s", study_id, job.id, time.monotonic() - t0)
+    try:
+        store.fail_job(job.id, error=reason)
+    except Exception:
+        log.error("study %s: could not store the failure of job %d", study_id, job.id, exc_info=True)
+    return "failed"
+
+
+def shared_factory(factory: PredictorFactory) -> PredictorFactory:
+    """Wrap ``factory`` so the predictor (model weights) is built once and shared by all workers.
+
+    A failure is not cached: the next job tries again (and fails with the reason).
+    """
+    lock = threading.Lock()
+    holder: list[Any] = []
+
+    @functools.wraps(factory)
+    def get() -> Any:
+        with lock:
+            if not holder:
+                holder.append(factory())
+            return holder[0]
+
+    return get
+
+
+class WorkerPool:
+    """A local pool of ``workers`` threads running queued jobs from ``store``.
+
+    Args:
+        store: the queue and the results.
+        data_dir: the studies' files.
+        predictor_factory: returns the Predictor (called in the worker; wrap with
+            :func:`shared_factory` to build it once).
+        workers: number of threads (>= 1); each job may itself use several CPU threads.
+        poll_s: how often an idle worker looks for work it was not woken for (seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        data_dir: str | Path,
+        predictor_factory: PredictorFactory,
+        workers: int = 1,
+        poll_s: float = 2.0,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1; got {workers}")
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be > 0 seconds; got {poll_s}")
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.predictor_factory = predictor_factory
+        self.workers = workers
+        self.poll_s = poll_s
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def start(self) -> "WorkerPool":
+        """Recover jobs a previous process left running, then start the threads."""
+        requeued, failed = self.store.recover_running()
+        if requeued or failed:
+            log.warning("restart: %d interrupted job(s) requeued, %d failed after repeated interruptions", requeued, failed)
+        self._stop.clear()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, name=f"liverseg-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def wake(self) -> None:
+        """Tell idle workers that a job was queued."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def stop(self, *, timeout: float | None = 10.0) -> None:
+        """Stop taking jobs and wait up to ``timeout`` s for running ones (they are requeued on next start)."""
+        self._stop.set()
+        self.wake()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    def run_pending(self) -> int:
+        """Run queued jobs in the calling thread until none is left; return how many ran (tests, scripts)."""
+        n = 0
+        while (job := self.store.claim_job()) is not None:
+            run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory)
+            n += 1
+        return n
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.store.claim_job()
+            except Exception:
+                log.error("worker: cannot read the job queue", exc_info=True)
+                job = None
+            if job is None:
+                with self._wake:
+                    self._wake.wait(self.poll_s)
+                continue
+            try:
+                run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory)
+            except BaseException:  # run_study_job catches everything; this is the last line of defence
+                log.error("worker: job %d escaped its handler", job.id, exc_info=True)
+                try:
+                    self.store.fail_job(job.id, error="internal error in the worker; press Retry")
+                except Exception:
+                    pass

@@ -1,0 +1,470 @@
+"""The web app's SQLite store: users, API tokens, studies, jobs and results.
+
+One file (``<data_dir>/liverseg.sqlite3``) in WAL mode, one short-lived connection per
+operation, so worker threads and request threads never share a connection. The schema
+is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` is an append-only list of
+SQL scripts and :meth:`Store.migrate` applies those the file has not seen yet.
+
+The ``jobs`` table is the local queue: a worker claims the oldest ``queued`` job in one
+``UPDATE ... RETURNING`` statement, so two workers never take the same job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["Store", "User", "Study", "Job", "MIGRATIONS", "JOB_STATES", "hash_token"]
+
+#: A job is in exactly one of these states.
+JOB_STATES = ("queued", "running", "done", "failed")
+
+#: Append-only: never edit a released entry, add a new one.
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        session_epoch INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    CREATE TABLE studies (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        input_name TEXT NOT NULL,
+        input_kind TEXT NOT NULL,
+        input_format TEXT,
+        n_files INTEGER NOT NULL,
+        n_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX studies_user ON studies(user_id, created_at);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        stage TEXT NOT NULL DEFAULT '',
+        progress REAL NOT NULL DEFAULT 0,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    );
+    CREATE INDEX jobs_status ON jobs(status, id);
+    CREATE INDEX jobs_study ON jobs(study_id, id);
+    CREATE TABLE results (
+        study_id TEXT PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
+        report_json TEXT NOT NULL,
+        liver_volume_ml REAL,
+        lesion_count INTEGER,
+        tumor_volume_ml REAL,
+        tumor_burden_pct REAL,
+        created_at TEXT NOT NULL
+    );
+    """,
+]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex digest of an API token (tokens are 256-bit random, so no salt is needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    is_admin: bool
+    session_epoch: int
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    id: int
+    study_id: str
+    status: str
+    stage: str
+    progress: float
+    error: str | None
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A study with its latest job and, when done, its key numbers."""
+
+    id: str
+    user_id: int
+    created_at: str
+    note: str
+    input_name: str
+    input_kind: str
+    input_format: str | None
+    n_files: int
+    n_bytes: int
+    job: Job | None = None
+    liver_volume_ml: float | None = None
+    lesion_count: int | None = None
+    tumor_volume_ml: float | None = None
+    tumor_burden_pct: float | None = None
+
+    @property
+    def status(self) -> str:
+        return self.job.status if self.job else "queued"
+
+
+_STUDY_SELECT = """
+    SELECT s.*, j.id AS j_id, j.status AS j_status, j.stage AS j_stage, j.progress AS j_progress,
+           j.error AS j_error, j.attempts AS j_attempts, j.created_at AS j_created_at,
+           j.started_at AS j_started_at, j.finished_at AS j_finished_at,
+           r.liver_volume_ml, r.lesion_count, r.tumor_volume_ml, r.tumor_burden_pct
+    FROM studies s
+    LEFT JOIN jobs j ON j.id = (SELECT max(id) FROM jobs WHERE study_id = s.id)
+    LEFT JOIN results r ON r.study_id = s.id
+"""
+
+
+def _study(row: sqlite3.Row) -> Study:
+    job = None
+    if row["j_id"] is not None:
+        job = Job(
+            id=row["j_id"], study_id=row["id"], status=row["j_status"], stage=row["j_stage"],
+            progress=row["j_progress"], error=row["j_error"], attempts=row["j_attempts"],
+            created_at=row["j_created_at"], started_at=row["j_started_at"], finished_at=row["j_finished_at"],
+        )
+    return Study(
+        id=row["id"], user_id=row["user_id"], created_at=row["created_at"], note=row["note"],
+        input_name=row["input_name"], input_kind=row["input_kind"], input_format=row["input_format"],
+        n_files=row["n_files"], n_bytes=row["n_bytes"], job=job,
+        liver_volume_ml=row["liver_volume_ml"], lesion_count=row["lesion_count"],
+        tumor_volume_ml=row["tumor_volume_ml"], tumor_burden_pct=row["tumor_burden_pct"],
+    )
+
+
+def _user(row: sqlite3.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=row["id"], name=row["name"], password_hash=row["password_hash"], is_admin=bool(row["is_admin"]),
+        session_epoch=row["session_epoch"], created_at=row["created_at"],
+    )
+
+
+def _job(row: sqlite3.Row | None) -> Job | None:
+    return None if row is None else Job(**{k: row[k] for k in row.keys()})
+
+
+class Store:
+    """All persistent state of the web app except the files.
+
+    Args:
+        path: the SQLite file; its folder is created when missing.
+
+    >>> store = Store(path=Path(tmp) / "liverseg.sqlite3")  # doctest: +SKIP
+    >>> store.add_user(name="ada", password_hash="...", is_admin=True).name  # doctest: +SKIP
+    'ada'
+    """
+
+    def __init__(self, *, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+        self.migrate()
+
+    # -- plumbing -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> int:
+        """Apply the migrations this file has not seen; return the schema version."""
+        with self._lock, self._connect() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this liverseg ({len(MIGRATIONS)}); "
+                    "upgrade liverseg"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+            return len(MIGRATIONS)
+
+    # -- users and tokens ---------------------------------------------------------------
+    def add_user(self, *, name: str, password_hash: str, is_admin: bool = False) -> User:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
+                (name, password_hash, int(is_admin), _now()),
+            )
+            return _user(conn.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone())  # type: ignore[return-value]
+
+    def user_by_name(self, name: str) -> User | None:
+        with self._connect() as conn:
+            return _user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+
+    def user_by_id(self, user_id: int) -> User | None:
+        with self._connect() as conn:
+            return _user(conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+
+    def users(self) -> list[User]:
+        with self._connect() as conn:
+            return [_user(r) for r in conn.execute("SELECT * FROM users ORDER BY name")]  # type: ignore[misc]
+
+    def count_users(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    def set_password(self, user_id: int, password_hash: str) -> None:
+        """Change a password; every existing session of that user is ended (epoch bump)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE users SET password_hash = ?, session_epoch = session_epoch + 1 WHERE id = ?",
+                (password_hash, user_id),
+            )
+
+    def set_admin(self, user_id: int, is_admin: bool) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE users SET is_admin = ? WHERE id = ?", (int(is_admin), user_id))
+
+    def delete_user(self, user_id: int) -> list[str]:
+        """Delete a user with their tokens, studies, jobs and results; return the study ids (for their files)."""
+        with self._tx() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM studies WHERE user_id = ?", (user_id,))]
+            conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            return ids
+
+    def add_token(self, user_id: int, token: str) -> None:
+        """Store the SHA-256 of ``token`` (the token itself is never stored)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO api_tokens (user_id, token_hash, created_at) VALUES (?, ?, ?)",
+                (user_id, hash_token(token), _now()),
+            )
+
+    def user_by_token(self, token: str) -> User | None:
+        digest = hash_token(token)
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT u.* FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest,)
+            ).fetchone()
+            if row is not None:
+                conn.execute("UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ?", (_now(), digest))
+            return _user(row)
+
+    def count_tokens(self, user_id: int) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT count(*) FROM api_tokens WHERE user_id = ?", (user_id,)).fetchone()[0])
+
+    def revoke_tokens(self, user_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM api_tokens WHERE user_id = ?", (user_id,))
+
+    # -- studies and jobs ---------------------------------------------------------------
+    def add_study(
+        self,
+        *,
+        study_id: str,
+        user_id: int,
+        note: str,
+        input_name: str,
+        input_kind: str,
+        input_format: str | None,
+        n_files: int,
+        n_bytes: int,
+    ) -> Study:
+        """Insert a study and its first job (queued) in one transaction."""
+        now = _now()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO studies (id, user_id, created_at, note, input_name, input_kind, input_format, n_files,"
+                " n_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_id, user_id, now, note, input_name, input_kind, input_format, n_files, n_bytes),
+            )
+            conn.execute(
+                "INSERT INTO jobs (study_id, status, stage, created_at) VALUES (?, 'queued', 'queued', ?)",
+                (study_id, now),
+            )
+        return self.study(study_id)  # type: ignore[return-value]
+
+    def study(self, study_id: str, *, user_id: int | None = None) -> Study | None:
+        """The study, or ``None`` when absent or (with ``user_id``) owned by someone else."""
+        sql = _STUDY_SELECT + " WHERE s.id = ?"
+        args: list[Any] = [study_id]
+        if user_id is not None:
+            sql += " AND s.user_id = ?"
+            args.append(user_id)
+        with self._connect() as conn:
+            row = conn.execute(sql, args).fetchone()
+        return None if row is None else _study(row)
+
+    def studies(self, *, user_id: int, search: str = "", limit: int = 500) -> list[Study]:
+        """The user's studies, newest first; ``search`` matches the note, file name, id or status."""
+        sql = _STUDY_SELECT + " WHERE s.user_id = ?"
+        args: list[Any] = [user_id]
+        if search:
+            like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            sql += (
+                " AND (s.note LIKE ? ESCAPE '\\' OR s.input_name LIKE ? ESCAPE '\\' OR s.id LIKE ? ESCAPE '\\'"
+                " OR j.status LIKE ? ESCAPE '\\' OR s.created_at LIKE ? ESCAPE '\\')"
+            )
+            args += [like] * 5
+        sql += " ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?"
+        args.append(limit)
+        with self._connect() as conn:
+            return [_study(r) for r in conn.execute(sql, args)]
+
+    def delete_study(self, study_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM studies WHERE id = ?", (study_id,))
+
+    def latest_job(self, study_id: str) -> Job | None:
+        with self._connect() as conn:
+            return _job(conn.execute("SELECT * FROM jobs WHERE study_id = ? ORDER BY id DESC LIMIT 1", (study_id,)).fetchone())
+
+    def requeue(self, study_id: str) -> Job:
+        """A new queued job for the study (the retry button); its old result is dropped."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM results WHERE study_id = ?", (study_id,))
+            cur = conn.execute(
+                "INSERT INTO jobs (study_id, status, stage, created_at) VALUES (?, 'queued', 'queued', ?)",
+                (study_id, _now()),
+            )
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone())  # type: ignore[return-value]
+
+    def claim_job(self) -> Job | None:
+        """Take the oldest queued job (status becomes running, attempts + 1), or ``None``."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE jobs SET status = 'running', stage = 'starting', progress = 0, attempts = attempts + 1,"
+                " started_at = ?, error = NULL"
+                " WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1) RETURNING *",
+                (_now(),),
+            ).fetchone()
+            return _job(row)
+
+    def start_job(self, job_id: int) -> None:
+        """Mark a job running (idempotent; for queues that do not claim through :meth:`claim_job`)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, ?),"
+                " attempts = CASE WHEN status = 'queued' THEN attempts + 1 ELSE attempts END"
+                " WHERE id = ? AND status IN ('queued', 'running')",
+                (_now(), job_id),
+            )
+
+    def set_progress(self, job_id: int, *, stage: str, progress: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND status = 'running'",
+                (stage, max(0.0, min(1.0, float(progress))), job_id),
+            )
+
+    def finish_job(self, job_id: int, *, report: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Mark the job done and store the study's result (report JSON and key numbers) atomically."""
+        with self._tx() as conn:
+            study_id = conn.execute("SELECT study_id FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            conn.execute(
+                "INSERT OR REPLACE INTO results (study_id, report_json, liver_volume_ml, lesion_count,"
+                " tumor_volume_ml, tumor_burden_pct, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    study_id, json.dumps(report), summary.get("liver_volume_ml"), summary.get("lesion_count"),
+                    summary.get("tumor_volume_ml"), summary.get("tumor_burden_pct"), _now(),
+                ),
+            )
+            conn.execute(
+                "UPDATE jobs SET status = 'done', stage = 'done', progress = 1, finished_at = ?, error = NULL"
+                " WHERE id = ?",
+                (_now(), job_id),
+            )
+
+    def fail_job(self, job_id: int, *, error: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                (_now(), error, job_id),
+            )
+
+    def recover_running(self, *, max_attempts: int = 3) -> tuple[int, int]:
+        """After a restart: requeue jobs left ``running``; fail those already tried ``max_attempts`` times.
+
+        Returns ``(requeued, failed)`` counts.
+        """
+        with self._tx() as conn:
+            failed = conn.execute(
+                "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ?"
+                " WHERE status = 'running' AND attempts >= ?",
+                (
+                    _now(),
+                    f"the server stopped {max_attempts} times while this job ran (it may need more memory than "
+                    "the server has); press Retry to try again",
+                    max_attempts,
+                ),
+            ).rowcount
+            requeued = conn.execute(
+                "UPDATE jobs SET status = 'queued', stage = 'requeued after a server restart', progress = 0"
+                " WHERE status = 'running'"
+            ).rowcount
+        return requeued, failed
+
+    def result(self, study_id: str) -> dict[str, Any] | None:
+        """The stored report JSON of a finished study, or ``None``."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT report_json FROM results WHERE study_id = ?", (study_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def count_jobs(self, status: str) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])

@@ -1,0 +1,505 @@
+"""The HTML pages and the JSON/PNG endpoints their scripts call (session cookie + CSRF)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import time
+from typing import Any, Callable
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
+
+from liverseg.errors import InputError
+from liverseg.web import auth
+from liverseg.web.jobs import analysis_of
+from liverseg.web.store import Study, User
+from liverseg.web.uploads import TooManyFilesError, new_study_id, output_dir, save_upload, study_dir
+from liverseg.web.viewer import WINDOW_PRESETS
+
+__all__ = ["bp", "OUTPUT_FILES", "ctx", "create_study", "delete_study_files", "study_json"]
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("pages", __name__)
+
+#: Downloadable outputs: name -> (label, MIME type).
+OUTPUT_FILES: dict[str, tuple[str, str]] = {
+    "mask.nii.gz": ("Mask (NIfTI)", "application/gzip"),
+    "seg.dcm": ("DICOM SEG", "application/dicom"),
+    "lesions.csv": ("Lesions (CSV)", "text/csv"),
+    "report.json": ("Report (JSON)", "application/json"),
+    "report.html": ("Report (HTML)", "text/html"),
+    "report.pdf": ("Report (PDF)", "application/pdf"),
+    "overlay.png": ("Overlay (PNG)", "image/png"),
+    "montage.png": ("Montage (PNG)", "image/png"),
+    "mask.png": ("Mask (PNG)", "image/png"),
+}
+
+
+def ctx() -> Any:
+    return current_app.extensions["liverseg"]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _session_user() -> User | None:
+    uid = session.get("uid")
+    if uid is None:
+        return None
+    user = ctx().store.user_by_id(int(uid))
+    if user is None or session.get("epoch") != user.session_epoch:
+        session.clear()
+        return None
+    return user
+
+
+def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        user = _session_user()
+        if user is None:
+            if request.accept_mimetypes.best == "application/json" or request.path.endswith((".json", ".png")):
+                abort(401)
+            return redirect(url_for("pages.login", next=request.full_path if request.query_string else request.path))
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    @login_required
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not g.user.is_admin:
+            abort(404)
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.app_template_filter("num")
+def _num(value: Any, digits: int = 1) -> str:
+    """A number with ``digits`` decimals and thin thousands separators; an em dash for None."""
+    if value is None:
+        return "—"
+    try:
+        return f"{float(value):,.{digits}f}".replace(",", "\u2009")
+    except (TypeError, ValueError):
+        return "—"
+
+
+@bp.app_context_processor
+def _inject() -> dict[str, Any]:
+    return {"current_user": getattr(g, "user", None)}
+
+
+def _own_study(study_id: str) -> Study:
+    """The caller's study, or 404 (another user's study is indistinguishable from a missing one)."""
+    if not study_id.isalnum():
+        abort(404)
+    study = ctx().store.study(study_id, user_id=g.user.id)
+    if study is None:
+        abort(404)
+    return study
+
+
+# --------------------------------------------------------------------------- shared with the API
+
+
+def create_study(user: User, files: list[Any], note: str) -> Study:
+    """Store an upload as a new queued study and wake the workers (InputError on bad content)."""
+    c = ctx()
+    note = (note or "").strip()[:2000]
+    study_id = new_study_id()
+    saved = save_upload(files, data_dir=c.data_dir, study_id=study_id, max_files=c.max_files,
+                        max_bytes=c.max_upload_bytes)
+    try:
+        study = c.store.add_study(
+            study_id=study_id, user_id=user.id, note=note, input_name=saved.input_name, input_kind=saved.kind,
+            input_format=saved.format, n_files=saved.n_files, n_bytes=saved.n_bytes,
+        )
+    except BaseException:
+        shutil.rmtree(study_dir(c.data_dir, study_id), ignore_errors=True)
+        raise
+    c.pool.wake()
+    return study
+
+
+def delete_study_files(study_id: str) -> None:
+    c = ctx()
+    c.cache.drop(study_id)
+    c.store.delete_study(study_id)
+    shutil.rmtree(study_dir(c.data_dir, study_id), ignore_errors=True)
+
+
+def available_files(study_id: str) -> list[str]:
+    out = output_dir(ctx().data_dir, study_id)
+    return [name for name in OUTPUT_FILES if (out / name).is_file()]
+
+
+def study_json(study: Study, *, with_report: bool = False) -> dict[str, Any]:
+    """A study as the API and the pages' scripts see it."""
+    job = study.job
+    d: dict[str, Any] = {
+        "id": study.id,
+        "created_at": study.created_at,
+        "note": study.note,
+        "input_name": study.input_name,
+        "input_format": study.input_format,
+        "n_files": study.n_files,
+        "status": study.status,
+        "stage": job.stage if job else "",
+        "progress": round(job.progress, 4) if job else 0.0,
+        "error": job.error if job else None,
+        "attempts": job.attempts if job else 0,
+        "started_at": job.started_at if job else None,
+        "finished_at": job.finished_at if job else None,
+        "summary": {
+            "liver_volume_ml": study.liver_volume_ml,
+            "lesion_count": study.lesion_count,
+            "tumor_volume_ml": study.tumor_volume_ml,
+            "tumor_burden_pct": study.tumor_burden_pct,
+        },
+    }
+    if study.status == "done":
+        d["files"] = available_files(study.id)
+        if with_report:
+            d["report"] = ctx().store.result(study.id)
+    return d
+
+
+def send_output(study: Study, name: str, *, as_attachment: bool = True) -> Any:
+    if name not in OUTPUT_FILES or study.status != "done":
+        abort(404)
+    path = output_dir(ctx().data_dir, study.id) / name
+    if not path.is_file():
+        abort(404)
+    download = f"liverseg-{study.id}-{name}"
+    return send_file(path, mimetype=OUTPUT_FILES[name][1], as_attachment=as_attachment, download_name=download,
+                     max_age=0)
+
+
+# --------------------------------------------------------------------------- login
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    error = None
+    status = 200
+    if request.method == "POST":
+        name = request.form.get("username", "").strip()
+        password = request.form.get("password", "")
+        address = request.remote_addr or "?"
+        limiter = ctx().limiter
+        wait = limiter.retry_after(name, address)
+        if wait > 0:
+            error = f"Too many failed sign-ins. Try again in {int(wait // 60) + 1} min."
+            status = 429
+        else:
+            user = ctx().store.user_by_name(name)
+            if auth.check_password(user, password):
+                limiter.succeeded(name)
+                session.clear()
+                session.permanent = True
+                session["uid"] = user.id  # type: ignore[union-attr]
+                session["epoch"] = user.session_epoch  # type: ignore[union-attr]
+                log.info("user %d signed in", user.id)  # type: ignore[union-attr]
+                nxt = request.args.get("next", "")
+                if not nxt.startswith("/") or nxt.startswith("//"):
+                    nxt = url_for("pages.history")
+                return redirect(nxt)
+            limiter.failed(name, address)
+            time.sleep(0.2)
+            error = "Wrong user name or password."
+            status = 401
+    return render_template("login.html", error=error), status
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("pages.login"))
+
+
+@bp.route("/")
+@login_required
+def index() -> Any:
+    return redirect(url_for("pages.history"))
+
+
+# --------------------------------------------------------------------------- upload and jobs
+
+
+@bp.route("/upload", methods=["GET", "POST"])
+@login_required
+def upload() -> Any:
+    c = ctx()
+    if request.method == "GET":
+        return render_template("upload.html", max_files=c.max_files, max_gb=c.max_upload_bytes / 1024**3)
+    wants_json = request.accept_mimetypes.best == "application/json"
+    files = request.files.getlist("files")
+    try:
+        study = create_study(g.user, files, request.form.get("note", ""))
+    except TooManyFilesError as exc:
+        if wants_json:
+            return jsonify(error=str(exc)), 413
+        return render_template("upload.html", error=str(exc), max_files=c.max_files,
+                               max_gb=c.max_upload_bytes / 1024**3), 413
+    except InputError as exc:
+        if wants_json:
+            return jsonify(error=str(exc)), 400
+        return render_template("upload.html", error=str(exc), max_files=c.max_files,
+                               max_gb=c.max_upload_bytes / 1024**3), 400
+    url = url_for("pages.study", study_id=study.id)
+    if wants_json:
+        return jsonify(id=study.id, status=study.status, url=url), 202
+    return redirect(url, code=303)
+
+
+@bp.route("/studies/<study_id>")
+@login_required
+def study(study_id: str) -> Any:
+    s = _own_study(study_id)
+    if s.status != "done":
+        return render_template("job.html", study=s)
+    return render_template("study.html", study=s, vm=_view_model(s),
+                           files=[(n, OUTPUT_FILES[n][0]) for n in available_files(s.id)])
+
+
+@bp.route("/studies/<study_id>/status.json")
+@login_required
+def study_status(study_id: str) -> Any:
+    return jsonify(study_json(_own_study(study_id)))
+
+
+@bp.route("/studies/<study_id>/retry", methods=["POST"])
+@login_required
+def retry(study_id: str) -> Any:
+    s = _own_study(study_id)
+    if s.status == "failed":
+        ctx().cache.drop(s.id)
+        ctx().store.requeue(s.id)
+        ctx().pool.wake()
+    return redirect(url_for("pages.study", study_id=s.id), code=303)
+
+
+@bp.route("/studies/<study_id>/delete", methods=["POST"])
+@login_required
+def delete(study_id: str) -> Any:
+    s = _own_study(study_id)
+    delete_study_files(s.id)
+    flash("The study and its files were deleted.", "info")
+    return redirect(url_for("pages.history"), code=303)
+
+
+@bp.route("/studies/<study_id>/files/<name>")
+@login_required
+def download(study_id: str, name: str) -> Any:
+    return send_output(_own_study(study_id), name, as_attachment=request.args.get("inline") != "1")
+
+
+# --------------------------------------------------------------------------- dashboard data
+
+
+def _view_model(study: Study) -> dict[str, Any]:
+    report = ctx().store.result(study.id) or {}
+    a = analysis_of(report)
+    shape = a.get("shape") or [1, 0, 0]
+    lesions = []
+    for les in a.get("lesions") or []:
+        lesions.append({
+            "id": les.get("id"),
+            "volume_ml": les.get("volume_ml"),
+            "area_mm2": les.get("axial_area_mm2"),
+            "area_px": les.get("axial_area_px"),
+            "diameter_mm": les.get("longest_axial_diameter_mm"),
+            "short_axis_mm": les.get("short_axis_mm"),
+            "diameter_px": les.get("longest_axial_diameter_px"),
+            "short_axis_px": les.get("short_axis_px"),
+            "slice": les.get("diameter_slice"),
+            "slice_range": les.get("slice_range"),
+            "mean_hu": les.get("mean_hu"),
+            "std_hu": les.get("std_hu"),
+            "measurable": les.get("measurable"),
+            "target": bool(les.get("is_target_candidate")),
+            "touches_scan_end": les.get("touches_scan_end"),
+        })
+    # start on the slice of the largest lesion, else the middle of the scan
+    start = shape[0] // 2
+    if lesions:
+        biggest = max(lesions, key=lambda x: (x["volume_ml"] or 0, x["area_px"] or 0))
+        if biggest["slice"] is not None:
+            start = int(biggest["slice"])
+    return {
+        "id": study.id,
+        "shape": shape,
+        "spacing_mm": a.get("spacing_mm"),
+        "is_2d": bool(a.get("is_2d", shape[0] == 1)),
+        "start_slice": start,
+        "liver_volume_ml": a.get("liver_volume_ml"),
+        "liver_area_mm2": a.get("liver_area_mm2"),
+        "liver_area_px": a.get("liver_area_px"),
+        "liver_voxel_count": a.get("liver_voxel_count"),
+        "tumor_voxel_count": a.get("tumor_voxel_count"),
+        "tumor_count": a.get("tumor_count", len(lesions)),
+        "tumor_volume_ml": a.get("tumor_volume_ml"),
+        "tumor_area_mm2": a.get("tumor_area_mm2"),
+        "tumor_burden_percent": a.get("tumor_burden_percent"),
+        "liver_is_lower_bound": a.get("liver_is_lower_bound"),
+        "lesions": lesions,
+        "flags": a.get("flags") or [],
+        "notes": a.get("notes") or [],
+        "reasons": a.get("reasons") or {},
+        "presets": {k: {"width": w, "level": lv} for k, (w, lv) in WINDOW_PRESETS.items()},
+        "is_hu": (study.input_format or "") not in ("png", "jpeg"),
+    }
+
+
+@bp.route("/studies/<study_id>/data.json")
+@login_required
+def study_data(study_id: str) -> Any:
+    s = _own_study(study_id)
+    if s.status != "done":
+        abort(404)
+    return jsonify(_view_model(s))
+
+
+def _float_arg(name: str, default: float, lo: float, hi: float) -> float:
+    try:
+        v = float(request.args.get(name, default))
+    except ValueError:
+        abort(400)
+    if not (lo <= v <= hi):
+        abort(400)
+    return v
+
+
+@bp.route("/studies/<study_id>/slice/<int:z>.png")
+@login_required
+def slice_png(study_id: str, z: int) -> Any:
+    from liverseg.reporting import render_slice_png
+
+    s = _own_study(study_id)
+    if s.status != "done":
+        abort(404)
+    ct, labels = ctx().cache.get(s.id)
+    if not 0 <= z < ct.shape[0]:
+        abort(404)
+    width = _float_arg("w", 400.0, 1.0, 10000.0)
+    level = _float_arg("l", 40.0, -2000.0, 4000.0)
+    overlay = request.args.get("overlay", "1") == "1"
+    opacity = _float_arg("opacity", 0.4, 0.0, 1.0)
+    png = render_slice_png(
+        ct, labels, z, window=(width, level), opacity=opacity,
+        show_liver=overlay and request.args.get("liver", "1") == "1",
+        show_tumor=overlay and request.args.get("tumor", "1") == "1",
+    )
+    resp = current_app.response_class(png, mimetype="image/png")
+    resp.headers["Cache-Control"] = "private, max-age=600"
+    return resp
+
+
+# --------------------------------------------------------------------------- history
+
+
+@bp.route("/history")
+@login_required
+def history() -> Any:
+    q = request.args.get("q", "").strip()[:200]
+    studies = ctx().store.studies(user_id=g.user.id, search=q)
+    return render_template("history.html", studies=studies, q=q)
+
+
+# --------------------------------------------------------------------------- account and admin
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@login_required
+def account() -> Any:
+    token = None
+    error = None
+    store = ctx().store
+    if request.method == "POST":
+        action = request.form.get("action")
+        if action == "password":
+            if not auth.check_password(g.user, request.form.get("current", "")):
+                error = "The current password is wrong."
+            elif request.form.get("new", "") != request.form.get("confirm", ""):
+                error = "The two new passwords differ."
+            else:
+                try:
+                    auth.set_password(store, g.user, request.form.get("new", ""))
+                except ValueError as exc:
+                    error = str(exc).capitalize() + "."
+                else:
+                    session.clear()
+                    flash("Password changed. Sign in with the new password.", "info")
+                    return redirect(url_for("pages.login"), code=303)
+        elif action == "token":
+            token = auth.new_token()
+            store.add_token(g.user.id, token)
+        elif action == "revoke":
+            store.revoke_tokens(g.user.id)
+            flash("All your API tokens were revoked.", "info")
+    return render_template("account.html", token=token, error=error, n_tokens=store.count_tokens(g.user.id)), (
+        400 if error else 200)
+
+
+@bp.route("/admin/users", methods=["GET", "POST"])
+@admin_required
+def users() -> Any:
+    store = ctx().store
+    error = None
+    shown_password = None
+    if request.method == "POST":
+        action = request.form.get("action")
+        target = store.user_by_id(int(request.form.get("user_id", "0") or 0)) if action != "add" else None
+        if action == "add":
+            name = request.form.get("username", "").strip()
+            password = auth.random_password()
+            try:
+                auth.create_user(store, name=name, password=password, is_admin=request.form.get("is_admin") == "1")
+            except ValueError as exc:
+                error = str(exc).capitalize() + "."
+            else:
+                shown_password = (name, password)
+        elif target is None:
+            abort(404)
+        elif action == "reset":
+            password = auth.random_password()
+            auth.set_password(store, target, password)
+            store.revoke_tokens(target.id)
+            shown_password = (target.name, password)
+        elif action == "toggle_admin":
+            if target.id == g.user.id:
+                error = "You cannot remove your own admin rights."
+            else:
+                store.set_admin(target.id, not target.is_admin)
+        elif action == "delete":
+            if target.id == g.user.id:
+                error = "You cannot delete your own account."
+            else:
+                for sid in store.delete_user(target.id):
+                    ctx().cache.drop(sid)
+                    shutil.rmtree(study_dir(ctx().data_dir, sid), ignore_errors=True)
+                flash(f"User {target.name} and their studies were deleted.", "info")
+        else:
+            abort(400)
+    return render_template("users.html", users=store.users(), error=error, shown_password=shown_password), (
+        400 if error else 200)

@@ -25,7 +25,7 @@ from liverseg.errors import InputError
 
 __all__ = ["OptimizerConfig", "StageConfig", "TrainConfig", "load_config"]
 
-_PLAN_KEYS = {"spacing_mm", "clip_hu", "mean_hu", "std_hu", "patch_size", "batch_size"}
+_PLAN_KEYS = {"spacing_mm", "clip_hu", "mean_hu", "std_hu", "patch_size", "batch_size", "memory_budget_mb", "dims"}
 
 
 def _check_keys(cls: type, d: Mapping[str, Any], where: str) -> None:
@@ -88,7 +88,8 @@ class StageConfig:
         model_kwargs: overrides for :func:`liverseg.models.build_model` (``num_classes``, ...).
         role: ``"localize"`` (coarse liver mask for the next stage) or ``"segment"``.
         plan: overrides of the fingerprinted :class:`~liverseg.preprocessing.Plan`
-            (``spacing_mm`` (z, y, x) mm, ``patch_size`` voxels, ``batch_size``, ``clip_hu`` ...).
+            (``spacing_mm`` (z, y, x) mm, ``patch_size`` voxels, ``batch_size``, ``clip_hu``,
+            ``mean_hu``, ``std_hu``) and planner options (``memory_budget_mb``, ``dims``).
         roi: ``"liver"`` crops each case to its liver bounding box (+ ``roi_margin_mm``);
             ``None`` keeps the whole volume.
         roi_margin_mm: margin (mm) around the liver box.

@@ -14,11 +14,12 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "barrier", "all_reduce_mean", "broadcast_flag"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "barrier", "all_reduce_mean", "broadcast_flag", "broadcast_object"]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,12 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's picklable ``obj`` on every rank (``obj`` itself in one process)."""
+    if not info.enabled:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -47,7 +47,15 @@ from torch import nn
 from liverseg.errors import InputError, TrainingError
 from liverseg.preprocessing.plan import Plan
 from liverseg.training.config import OptimizerConfig, StageConfig, TrainConfig
-from liverseg.training.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, init_distributed, shutdown_distributed
+from liverseg.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_flag,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
 from liverseg.training.losses import DeepSupervisionLoss, DiceCELoss
 
 __all__ = ["CaseScore", "StageResult", "TrainResult", "train", "validate", "learning_rate", "dice_score"]
@@ -280,10 +288,20 @@ def _find_cases(config: TrainConfig) -> list[Any]:
         if not Path(p).exists():
             raise InputError(f"training data {p!r} does not exist; give a dataset folder or a CSV manifest")
     overrides = {k: tuple(float(s) for s in v) for k, v in config.spacing_overrides.items()}
-    cases = find_cases(config.data, spacing_overrides=overrides or None)
-    if not cases:
+    cases: dict[str, Any] = {}
+    for root in config.data:
+        found = find_cases(root)
+        for c in found:
+            if c.case_id in cases and Path(cases[c.case_id].image_path) != Path(c.image_path):
+                raise InputError(f"two data folders hold a case with id {c.case_id!r}; give each case once")
+            cases[c.case_id] = c
+    unknown = set(overrides) - set(cases)
+    if unknown:
+        raise InputError(f"spacing_overrides name cases that were not found: {sorted(unknown)}; the cases are {sorted(cases)}")
+    out = [cases[k].with_spacing(overrides[k]) if k in overrides else cases[k] for k in sorted(cases)]
+    if not out:
         raise InputError(f"no labelled cases found in {config.data}; see docs for the supported layouts")
-    return list(cases)
+    return out
 
 
 def _split_cases(cases: list[Any], validation_ids: Sequence[str]) -> tuple[list[Any], list[Any]]:
@@ -298,17 +316,25 @@ def _split_cases(cases: list[Any], validation_ids: Sequence[str]) -> tuple[list[
     return tr, val
 
 
-def _make_plan(config: TrainConfig, stage: StageConfig, cases: list[Any]) -> Plan:
+def _make_plan(config: TrainConfig, stage: StageConfig, cases: list[Any], *, seed: int) -> Plan:
     from liverseg.training.planning import fingerprint, make_plan
 
-    overrides = dict(stage.plan)
+    over = dict(stage.plan)
     if config.batch_size is not None:
-        overrides["batch_size"] = config.batch_size
-    for key in ("spacing_mm", "patch_size", "clip_hu"):
-        if key in overrides and overrides[key] is not None:
-            overrides[key] = tuple(overrides[key])
-    fp = fingerprint(cases)
-    return make_plan(fp, **overrides)
+        over["batch_size"] = config.batch_size
+    fixed = {k: over.pop(k) for k in ("clip_hu", "mean_hu", "std_hu") if k in over}
+    for key in ("spacing_mm", "patch_size"):
+        if over.get(key) is not None:
+            over[key] = tuple(over[key])
+    if config.kind == "2d" and "patch_size" not in over:
+        over.setdefault("dims", 2)
+    fp = fingerprint(cases, seed=seed)
+    plan = make_plan(fp, roi=stage.roi, **over)
+    if fixed:
+        if "clip_hu" in fixed:
+            fixed["clip_hu"] = tuple(fixed["clip_hu"])
+        plan = dataclasses.replace(plan, **fixed)
+    return plan
 
 
 def _cache(cases: list[Any], stage: StageConfig, plan: Plan, cache_dir: Path, info: DistInfo) -> list[Any]:
@@ -316,7 +342,8 @@ def _cache(cases: list[Any], stage: StageConfig, plan: Plan, cache_dir: Path, in
 
     if not cases:
         return []
-    kwargs = dict(plan=plan, cache_dir=cache_dir, roi=stage.roi, roi_margin_mm=stage.roi_margin_mm, merge_tumor=stage.merge_tumor)
+    kwargs = dict(plan=plan, cache_dir=cache_dir, roi=stage.roi, roi_margin_mm=stage.roi_margin_mm,
+                  merge_tumor=stage.merge_tumor, progress=info.is_main)
     if info.is_main:
         out = prepare_cache(cases, **kwargs)
         barrier(info)
@@ -349,8 +376,9 @@ def _patch_dataset(cached: list[Any], stage: StageConfig, plan: Plan, samples: i
     )
 
 
-def _cached_arrays(c: Any) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(c.image), np.asarray(c.label)
+def _cached_arrays(c: Any, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """The case's normalised image (float32) and labels, (z, y, x)."""
+    return plan.normalize(np.asarray(c.image)), np.asarray(c.label)
 
 
 def _cached_annotated(c: Any) -> bool:
@@ -387,7 +415,7 @@ def validate(
     use_amp = amp and device.type == "cuda"
     try:
         for c in cached:
-            image, label = _cached_arrays(c)
+            image, label = _cached_arrays(c, plan)
             x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 if len(roi) == 2:
@@ -538,7 +566,11 @@ def _train_stage(
         sdir.mkdir(parents=True, exist_ok=True)
 
     # plan: fingerprinted from the training cases, or the checkpoint's (exact resume)
-    plan = Plan.from_dict(ckpt["plan"]) if ckpt else _make_plan(config, stage, train_cases)
+    if ckpt:
+        plan = Plan.from_dict(ckpt["plan"])
+    else:  # rank 0 plans, the others take its plan
+        plan = _make_plan(config, stage, train_cases, seed=config.seed) if info.is_main else None
+        plan = Plan.from_dict(broadcast_object(plan.to_dict() if plan else None, info))
     if info.is_main:
         _atomic_text(sdir / PLAN_JSON, json.dumps(plan.to_dict(), indent=2) + "\n")
     cache_dir = (Path(config.cache_dir) if config.cache_dir else out / "cache") / stage.name

@@ -8,9 +8,16 @@ pipeline that writes a case's outputs.
 """
 
 from liverseg.inference.postprocess import PostprocessResult, fill_holes, largest_component, postprocess_labels
+from liverseg.inference.pipeline import CaseResult, case_is_done, case_name, find_cases, run_case, run_cases
 from liverseg.inference.predictor import Prediction, Predictor, pseudo_hu_from_window
 
 __all__ = [
+    "CaseResult",
+    "case_is_done",
+    "case_name",
+    "find_cases",
+    "run_case",
+    "run_cases",
     "Prediction",
     "Predictor",
     "PostprocessResult",

@@ -339,6 +339,8 @@ class Predictor:
         kind: Literal["3d", "2d"] = "2d" if volume.is_2d else "3d"
         report("load_model", 0.0)
         t0 = time.perf_counter()
+        import monai.inferers  # noqa: F401  (its first import takes seconds: count it here, not in a stage)
+
         bundle = self.bundle(kind)
         for stage in bundle.stages:
             self._net(kind, bundle, stage)

@@ -1,0 +1,372 @@
+"""One case end to end: read → predict → measure → write every output file.
+
+:func:`run_case` is what ``liverseg predict`` and the web app's jobs call. A case's
+folder holds::
+
+    mask.nii.gz        labels 0/1/2 on the input's own grid (uint8)
+    mask.png           2D inputs only: the labels as raw values 0/1/2 (see overlay.png to look at them)
+    probabilities.nii.gz   with save_probabilities: softmax (x, y, z, class) as uint8, scale 1/255
+    seg.dcm            DICOM inputs only: a DICOM SEG referencing the source series
+    report.json, lesions.csv, overlay.png, montage.png, report.html, report.pdf   (liverseg.reporting)
+
+Everything is written to a hidden temporary folder beside ``out_dir`` and renamed at
+the end, so a case that fails leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+
+from liverseg.errors import InputError, LiversegError, ModelError
+from liverseg.inference.predictor import Prediction, Predictor
+from liverseg.io.volume import Volume
+
+__all__ = ["CaseResult", "REPORT_FILE", "case_is_done", "case_name", "find_cases", "run_case", "run_cases"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".zip", ".dcm", ".png", ".jpg", ".jpeg")
+
+
+def case_name(input_path: str | os.PathLike[str]) -> str:
+    """The case's name: the file name without its image suffix (``ct.nii.gz`` → ``ct``), or the folder name.
+
+    >>> case_name("data/volume-17.nii.gz"), case_name("PATIENT_DICOM.zip"), case_name("series/")
+    ('volume-17', 'PATIENT_DICOM', 'series')
+    """
+    name = Path(input_path).name
+    lower = name.lower()
+    for suffix in _SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def case_is_done(out_dir: str | os.PathLike[str]) -> bool:
+    """True when ``out_dir`` holds a finished case (its report.json)."""
+    return (Path(out_dir) / REPORT_FILE).is_file()
+
+
+def _describe_input(path: Path, ct: Volume) -> dict[str, Any]:
+    meta = ct.metadata
+    return {
+        "name": path.name,
+        "format": meta.get("format"),
+        "shape_zyx": list(ct.shape),
+        "spacing_mm_zyx": list(ct.spacing) if ct.spacing is not None else None,
+        "origin_lps_mm": list(ct.origin),
+        "direction": np.asarray(ct.direction).round(6).tolist(),
+        "modality": ct.modality,
+        "is_hu": ct.is_hu,
+        "is_2d": ct.is_2d,
+        "series_uid": meta.get("series_uid"),
+        "hu_range": [float(ct.array.min()), float(ct.array.max())] if ct.array.size else None,
+    }
+
+
+def _run_info(
+    path: Path, ct: Volume, prediction: Prediction, predictor: Predictor, timings: dict[str, float], note: str | None
+) -> dict[str, Any]:
+    import torch
+
+    from liverseg import __version__
+
+    warnings = [str(w) for w in ct.metadata.get("warnings", [])] + list(prediction.warnings)
+    return {
+        "case": case_name(path),
+        "input": path.name,
+        "input_description": _describe_input(path, ct),
+        "note": note,
+        "model": prediction.model,
+        "liverseg_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": prediction.device,
+        "threads": predictor.threads if predictor.threads is not None else torch.get_num_threads(),
+        "engine": predictor.engine,
+        "tta": predictor.tta,
+        "overlap": predictor.overlap,
+        "min_tumor_volume_mm3": predictor.min_tumor_volume_mm3,
+        "timings_s": timings,
+        "postprocess": prediction.postprocess,
+        "roi_zyx": prediction.roi,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "warnings": warnings,
+    }
+
+
+def _write_probabilities(path: Path, ct: Volume, probabilities: np.ndarray) -> Path:
+    """Softmax (C, z, y, x) as a 4D NIfTI (x, y, z, C), uint8 with scale 1/255, on the CT's grid."""
+    import nibabel as nib
+
+    data = np.clip(np.rint(probabilities.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(3, 2, 1, 0)), ct.affine_ras())
+    img.header.set_slope_inter(1.0 / 255.0, 0.0)
+    img.header["descrip"] = b"liverseg softmax: 0 bg, 1 liver, 2 tumor"
+    nib.save(img, str(path))
+    return path
+
+
+def _write_dicom_seg(path: Path, input_path: Path, ct: Volume, labels: Volume, run_info: dict[str, Any]) -> Path:
+    from liverseg.io import load_source_datasets
+    from liverseg.reporting import write_dicom_seg
+
+    sources = load_source_datasets(input_path, series_uid=ct.metadata.get("series_uid"), force=True)
+    return write_dicom_seg(path, labels=labels, source_datasets=sources, run_info=run_info)
+
+
+def run_case(
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    predictor: Predictor,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: Callable[[str, float], None] | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Segment one case and write its folder ``out_dir`` (see the module docstring for the files).
+
+    Args:
+        input_path: a NIfTI/MHA/NRRD file, a DICOM folder / zip / file, or a PNG/JPEG slice.
+        out_dir: this case's output folder (e.g. ``OUT/<case>``); created at the end.
+        predictor: the :class:`Predictor` to use (share one across cases: bundles load once).
+        overwrite: replace an existing ``out_dir``; otherwise an existing, non-empty one is an error.
+        save_probabilities: also write probabilities.nii.gz.
+        progress: called as ``progress(step, fraction)``, fraction of the whole case (0–1);
+            steps ``"read"``, the Predictor's steps, ``"analyze"``, ``"write"``, ``"done"``.
+        note: free text stored in report.json (``run.note``).
+
+    Returns:
+        the content of report.json (``analysis``, ``run``, ``files`` ...).
+
+    Raises:
+        InputError: the input cannot be read or used, or ``out_dir`` exists (without ``overwrite``).
+        ModelError: the model bundle is missing or damaged.
+    """
+    from liverseg.analysis import analyze
+    from liverseg.io import read_volume, write_mask
+    from liverseg.reporting import write_report_files
+
+    src = Path(input_path)
+    out = Path(out_dir)
+    report = progress or (lambda step, fraction: None)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} already exists; choose another output folder or pass overwrite")
+    t_case = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    report("read", 0.0)
+    t0 = time.perf_counter()
+    ct = read_volume(src)
+    timings["read"] = time.perf_counter() - t0
+
+    prediction = predictor.predict(
+        ct,
+        progress=lambda step, f: report(step if step != "done" else "predicted", 0.05 + 0.75 * f),
+        return_probabilities=save_probabilities,
+    )
+    for k, v in prediction.timings_s.items():
+        timings[k if k != "total" else "predict"] = v
+
+    report("analyze", 0.8)
+    t0 = time.perf_counter()
+    analysis = analyze(prediction.labels, ct)
+    timings["analyze"] = time.perf_counter() - t0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        report("write", 0.85)
+        t0 = time.perf_counter()
+        files: dict[str, str] = {}
+        write_mask(ct, prediction.labels, tmp / "mask.nii.gz")
+        files["mask"] = "mask.nii.gz"
+        if ct.is_2d:
+            write_mask(ct, prediction.labels, tmp / "mask.png")
+            files["mask_png"] = "mask.png"
+        if save_probabilities and prediction.probabilities is not None:
+            _write_probabilities(tmp / "probabilities.nii.gz", ct, prediction.probabilities)
+            files["probabilities"] = "probabilities.nii.gz"
+        run_info = _run_info(src, ct, prediction, predictor, timings, note)
+        if str(ct.metadata.get("format", "")).startswith("dicom"):
+            _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info)
+            files["dicom_seg"] = "seg.dcm"
+        # the HTML/PDF show the times up to here; report.json gets the final ones below
+        timings["write"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_case
+        run_info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        paths = write_report_files(tmp, ct=ct, labels=prediction.labels, analysis=analysis, run_info=run_info)
+        timings["write"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_case
+        doc = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))
+        doc.setdefault("files", {}).update(files)
+        doc["run"]["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        Path(paths["json"]).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report("done", 1.0)
+    log.info("case %s done in %.1f s -> %s", case_name(src), time.perf_counter() - t_case, out)
+    return doc
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder to ``out`` (replacing an old one only once the new one is complete)."""
+    old: Path | None = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    # mkdtemp makes the folder private (0700); a case folder gets the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o777 & ~umask)
+
+
+# ---------------------------------------------------------------------------- many cases
+
+_CASE_FORMATS = {"nifti", "nifti-gz", "metaimage", "nrrd", "png", "jpeg", "zip", "dicom-zip"}
+
+
+def find_cases(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand the user's inputs into cases.
+
+    A file is one case. A folder whose top level holds image files (NIfTI, MHA/NRRD, PNG/JPEG,
+    zip) gives one case per such file; any other folder is one case (a DICOM series, searched
+    recursively when read).
+
+    Returns:
+        ``(cases, bad)``: the case paths in the given order, and ``(input, reason)`` for inputs
+        that do not exist.
+    """
+    from liverseg.io import sniff_format
+
+    cases: list[Path] = []
+    bad: list[tuple[str, str]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            bad.append((str(raw), f"{raw} does not exist"))
+            continue
+        if not path.is_dir():
+            cases.append(path)
+            continue
+        files = []
+        for child in sorted(path.iterdir()):
+            if child.name.startswith(".") or not child.is_file():
+                continue
+            try:
+                if sniff_format(child) in _CASE_FORMATS:
+                    files.append(child)
+            except LiversegError:
+                continue  # a README, a licence, a DICOM file's sibling: not a case of its own
+        cases.extend(files if files else [path])
+    return cases, bad
+
+
+@dataclasses.dataclass
+class CaseResult:
+    """How one case of :func:`run_cases` went."""
+
+    name: str
+    input: str
+    out_dir: str
+    status: Literal["done", "skipped", "bad_input", "failed"]
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _unique_names(cases: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for path in cases:
+        base = case_name(path) or "case"
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        names.append(base if n == 1 else f"{base}-{n}")
+    return names
+
+
+def run_cases(
+    inputs: Iterable[str | os.PathLike[str]],
+    out_root: str | os.PathLike[str],
+    *,
+    predictor: Predictor,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress_bar: bool = True,
+) -> list[CaseResult]:
+    """Run :func:`run_case` on every case of ``inputs`` into ``out_root/<case>/``.
+
+    Cases already done (their report.json exists) are skipped unless ``overwrite``. A case
+    that fails is recorded and the others go on; only a broken model (ModelError) stops the run,
+    since every case would fail the same way.
+
+    Args:
+        inputs: files and folders (see :func:`find_cases`).
+        out_root: the output folder; each case gets ``out_root/<case name>``.
+        predictor: shared by all cases.
+        overwrite: redo cases that are done.
+        save_probabilities: also write probabilities.nii.gz.
+        progress_bar: a tqdm bar per case on stderr.
+
+    Raises:
+        ModelError: the model bundle is missing or damaged.
+    """
+    from tqdm import tqdm
+
+    cases, bad = find_cases(inputs)
+    results = [CaseResult(name=Path(raw).name, input=raw, out_dir="", status="bad_input", error=why) for raw, why in bad]
+    root = Path(out_root)
+    for path, name in zip(cases, _unique_names(cases)):
+        out = root / name
+        if case_is_done(out) and not overwrite:
+            log.info("%s: already done in %s (skipped; pass overwrite to redo it)", name, out)
+            results.append(CaseResult(name, str(path), str(out), "skipped"))
+            continue
+        t0 = time.perf_counter()
+        bar = tqdm(total=100, desc=name, unit="%", leave=True, disable=not progress_bar,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}]")
+
+        def update(step: str, fraction: float, bar: Any = bar) -> None:
+            bar.n = round(100 * fraction, 1)
+            bar.set_postfix_str(step, refresh=True)
+
+        try:
+            run_case(path, out, predictor=predictor, overwrite=overwrite, save_probabilities=save_probabilities,
+                     progress=update)
+            results.append(CaseResult(name, str(path), str(out), "done", seconds=time.perf_counter() - t0))
+        except ModelError:
+            raise
+        except InputError as exc:
+            log.error("%s: %s", name, exc)
+            results.append(CaseResult(name, str(path), str(out), "bad_input", str(exc), time.perf_counter() - t0))
+        except Exception as exc:  # one case's internal failure does not stop the others
+            log.error("%s: internal error (%s: %s)", name, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            results.append(CaseResult(name, str(path), str(out), "failed", f"{type(exc).__name__}: {exc}",
+                                      time.perf_counter() - t0))
+        finally:
+            bar.close()
+    return results

@@ -142,58 +142,6 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 2 if counts["bad_input"] else 0
 
 
-def _add_predict(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser(
-        "predict",
-        help="segment liver and tumors: mask, report (JSON/CSV/HTML/PDF), overlays, DICOM SEG per case",
-        description="Segment each case into OUT/<case>/. Inputs: NIfTI/MHA/NRRD files, DICOM folders (one "
-        "series = one case) or .zip, PNG/JPEG/DICOM slices, or folders of such files (one case per file).",
-    )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
-    p.add_argument("-o", "--out", required=True, help="output folder (one subfolder per case)")
-    p.add_argument("--model", default="liver-tumor-3d", help="3D model: bundled name or bundle folder")
-    p.add_argument("--model-2d", default="liver-tumor-2d",
-                   help="model for single 2D slices: bundled name or bundle folder ('none': refuse slices)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
-    p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="network runtime (default torch)")
-    p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
-    p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
-    p.set_defaults(handler=_run_predict)
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    from liverseg.inference import Predictor, run_cases
-
-    try:
-        predictor = Predictor(
-            args.model,
-            model_2d=None if str(args.model_2d).lower() == "none" else args.model_2d,
-            device=args.device,
-            threads=args.threads,
-            tta=args.tta,
-            overlap=args.overlap,
-            engine=args.engine,
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
-    results = run_cases(args.inputs, args.out, predictor=predictor, overwrite=args.overwrite,
-                        save_probabilities=args.save_probabilities, progress_bar=sys.stderr.isatty() or args.verbose > 0)
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "bad_input", "failed")}
-    sys.stdout.write(
-        f"{counts['done']} done, {counts['skipped']} skipped (already done), "
-        f"{counts['bad_input'] + counts['failed']} failed -> {args.out}\n"
-    )
-    for r in results:
-        if r.status in ("bad_input", "failed"):
-            sys.stdout.write(f"  FAILED {r.input}: {r.error}\n")
-    if counts["failed"]:
-        return 1
-    return 2 if counts["bad_input"] else 0
-
-
 def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("evaluate", help="score predicted masks against reference masks with the LiTS metrics")
     p.add_argument("--pred", required=True, help="folder of predicted masks (files, or <case>/mask.nii.gz from predict)")
@@ -306,7 +254,6 @@ def _run_users(args: argparse.Namespace) -> int:
 # Each subcommand adds itself here: (name, function adding its parser).
 _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
     _add_info,
-    _add_predict,
     _add_predict,
     _add_train,
     _add_evaluate,

@@ -1,0 +1,262 @@
+"""DICOM SEG export of a label mask (highdicom), referencing the source CT series.
+
+Two overlapping BINARY segments: 1 "Liver" (labels 1 + 2: the whole organ, tumor included,
+as the reported liver volume) and 2 "Liver tumor" (label 2), with SNOMED CT codes and the
+model as the segmentation algorithm. Each source CT image gets the frame of the mask voxels
+that lie on it: the mapping goes through world coordinates (the Volume's origin, spacing and
+direction against each image's ImagePositionPatient / ImageOrientationPatient / PixelSpacing),
+so it holds whatever order or orientation the reader gave the Volume. Empty frames are
+omitted (highdicom's default).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from liverseg import __version__
+from liverseg.errors import InputError, SeriesError
+from liverseg.io.volume import Volume
+
+__all__ = ["write_dicom_seg", "frames_for_sources", "SEGMENTS"]
+
+log = logging.getLogger(__name__)
+
+#: Segment number → (label, which labels it covers).
+SEGMENTS = {1: ("Liver", (1, 2)), 2: ("Liver tumor", (2,))}
+
+_POS_TOL_MM = 0.05
+
+
+def _load_sources(source: Any, labels: Volume) -> list[Any]:
+    import pydicom
+
+    if isinstance(source, (str, Path)):
+        root = Path(source)
+        if root.is_dir() or (root.is_file() and root.suffix.lower() == ".zip"):
+            from liverseg.io import load_source_datasets
+
+            return list(load_source_datasets(root, series_uid=labels.metadata.get("series_uid")))
+        if root.is_file():
+            return [pydicom.dcmread(root, stop_before_pixels=True)]
+        raise InputError(f"{root} is neither a DICOM folder, a .zip nor a DICOM file: pass the CT series the mask was made on")
+    datasets = list(source)
+    if not datasets:
+        raise InputError("no source DICOM images given: a DICOM SEG must reference the CT series it segments")
+    return datasets
+
+
+#: Type 2 attributes highdicom copies from the source (empty is valid; absent is not).
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+)
+
+
+def _complete_type2(datasets: Sequence[Any]) -> list[Any]:
+    """Copies of the datasets that lack a Type 2 attribute, with it present and empty."""
+    import pydicom
+
+    out = []
+    for ds in datasets:
+        missing = [k for k in _TYPE2 if k not in ds]
+        if missing:
+            new = pydicom.Dataset()  # a new element dict: the caller's dataset stays as it was
+            for elem in ds:
+                new.add(elem)
+            if hasattr(ds, "file_meta"):
+                new.file_meta = ds.file_meta
+            ds = new
+            for k in missing:
+                setattr(ds, k, "")
+        out.append(ds)
+    return out
+
+
+def _geometry(ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    try:
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        ps = tuple(float(v) for v in ds.PixelSpacing)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SeriesError(
+            f"source image {getattr(ds, 'SOPInstanceUID', '?')} lacks its position, orientation or pixel spacing "
+            f"({exc}); a DICOM SEG needs a CT series with full geometry"
+        ) from exc
+    return ipp, iop[:3], iop[3:], (ps[0], ps[1])  # row spacing (between rows), column spacing
+
+
+def frames_for_sources(labels: Volume, datasets: Sequence[Any]) -> np.ndarray:
+    """The label values on each source image: array (n_images, rows, cols) of uint8.
+
+    Raises:
+        SeriesError: a source image does not lie on the mask's grid (another series, a
+            different size, or a mask resampled elsewhere).
+    """
+    if labels.spacing is None:
+        raise InputError("the mask has no spacing (a PNG/JPEG slice): a DICOM SEG needs a DICOM source series")
+    lab = np.asarray(labels.array)
+    m = np.asarray(labels.direction) @ np.diag(np.asarray(labels.spacing)[::-1])  # index (i, j, k) -> mm
+    m_inv = np.linalg.inv(m)
+    origin = np.asarray(labels.origin)
+    frames = []
+    for ds in datasets:
+        ipp, row_dir, col_dir, (dr, dc) = _geometry(ds)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        idx0 = m_inv @ (ipp - origin)  # (i, j, k) of pixel (0, 0)
+        step_c = m_inv @ (row_dir * dc)  # moving one column along the image row
+        step_r = m_inv @ (col_dir * dr)  # moving one row
+        ok = True
+        for step in (step_c, step_r):
+            ok &= bool(np.isclose(np.abs(step).max(), 1.0, atol=1e-3) and np.sum(np.abs(step) > 1e-3) == 1)
+        ok &= bool(np.allclose(idx0, np.round(idx0), atol=_POS_TOL_MM / min(labels.spacing)))
+        if not ok:
+            raise SeriesError(
+                f"source image {getattr(ds, 'SOPInstanceUID', '?')} does not lie on the mask's grid "
+                "(different position, orientation or pixel size): pass the DICOM series the mask was predicted on"
+            )
+        r, c = np.mgrid[:rows, :cols]
+        ijk = np.rint(idx0[:, None, None] + step_c[:, None, None] * c + step_r[:, None, None] * r).astype(int)
+        i, j, k = ijk
+        inside = (0 <= i) & (i < lab.shape[2]) & (0 <= j) & (j < lab.shape[1]) & (0 <= k) & (k < lab.shape[0])
+        if not inside.all():
+            raise SeriesError(
+                f"source image {getattr(ds, 'SOPInstanceUID', '?')} ({rows}x{cols}) reaches outside the mask's grid "
+                f"{lab.shape} (z, y, x): pass the DICOM series the mask was predicted on"
+            )
+        frames.append(lab[k, j, i])
+    return np.stack(frames).astype(np.uint8)
+
+
+def _segment_descriptions(model_name: str, model_version: str, sha256: str | None) -> list[Any]:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algo = hd.AlgorithmIdentificationSequence(
+        name=model_name,
+        version=model_version,
+        family=codes.cid7162.ArtificialIntelligence,
+        source="liverseg",
+        parameters={"weights_sha256": sha256} if sha256 else None,
+    )
+    liver = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENTS[1][0],
+        segmented_property_category=codes.cid7150.AnatomicalStructure,
+        segmented_property_type=codes.SCT.Liver,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo,
+        tracking_uid=hd.UID(),
+        tracking_id="liver (including tumor)",
+    )
+    tumor = hd.seg.SegmentDescription(
+        segment_number=2,
+        segment_label=SEGMENTS[2][0],
+        segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo,
+        tracking_uid=hd.UID(),
+        tracking_id="liver tumor",
+        anatomic_regions=[codes.SCT.Liver],
+    )
+    return [liver, tumor]
+
+
+def write_dicom_seg(
+    labels: Volume,
+    source: Sequence[Any] | str | Path,
+    path: str | Path,
+    *,
+    model_name: str,
+    model_version: str,
+    sha256: str | None,
+    series_description: str = "liverseg liver/tumor",
+    series_number: int = 901,
+) -> Path:
+    """Write ``labels`` (0/1/2) as a DICOM SEG referencing its source CT series.
+
+    Args:
+        labels: label Volume on the source series' grid (as :func:`liverseg.io.read_volume`
+            returned the CT).
+        source: the source CT images: pydicom Datasets (headers suffice, e.g. from
+            :func:`liverseg.io.read_dicom_series` or ``load_source_datasets``), or the DICOM
+            folder / .zip / file they come from (``labels.metadata["series_uid"]`` picks
+            the series when a folder holds several).
+        path: the file to write (``seg.dcm``).
+        model_name, model_version, sha256: the model, recorded as the segmentation algorithm.
+
+    Returns:
+        ``path``. The file loads with ``highdicom.seg.segread`` and ``pydicom.dcmread``.
+
+    Raises:
+        InputError / SeriesError: no usable source images, or they do not match the mask's grid.
+    """
+    import highdicom as hd
+
+    if not model_name or not model_version:
+        raise ValueError("model_name and model_version are required (they identify the algorithm in the SEG)")
+    datasets = _complete_type2(_load_sources(source, labels))
+    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
+    if len(uids) != 1:
+        raise SeriesError(f"the source images belong to {len(uids)} series; pass the one series the mask was made on")
+    frames = frames_for_sources(labels, datasets)
+    pixel = np.stack([np.isin(frames, SEGMENTS[n][1]) for n in sorted(SEGMENTS)], axis=-1)  # (frames, rows, cols, segs)
+    if not pixel.any():
+        # highdicom cannot write a SEG without any frame; an empty mask still deserves a file
+        log.warning("the mask is empty: the DICOM SEG holds one empty frame")
+    charset = datasets[0].get("SpecificCharacterSet") or "ISO_IR 100"  # empty = default repertoire (ASCII)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = _build(hd, datasets, pixel, model_name, model_version, sha256, series_description, series_number, charset)
+    for w in caught:  # e.g. odd person names copied from the source: not ours to fix
+        log.debug("highdicom: %s", w.message)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    seg.save_as(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _build(
+    hd: Any,
+    datasets: Sequence[Any],
+    pixel: np.ndarray,
+    model_name: str,
+    model_version: str,
+    sha256: str | None,
+    series_description: str,
+    series_number: int,
+    charset: Any,
+) -> Any:
+    return hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=pixel.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_segment_descriptions(model_name, model_version, sha256),
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="liverseg",
+        manufacturer_model_name=f"{model_name}",
+        software_versions=f"liverseg {__version__}",
+        device_serial_number="none",
+        series_description=series_description,
+        content_label="LIVERSEG",
+        content_description=f"Liver and liver tumor, {model_name} {model_version}",
+        omit_empty_frames=bool(pixel.any()),
+        specific_character_set=charset,
+    )

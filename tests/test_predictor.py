@@ -178,3 +178,14 @@ def test_bad_volumes_are_input_errors(tiny_bundle_3d, tiny_bundle_2d):
         predictor.predict(Volume(array=arr, spacing=(2, 2, 2)))
     with pytest.raises(InputError, match="8-bit"):
         predictor.predict(Volume(array=np.full((1, 20, 20), 1000), spacing=None, is_hu=False))
+
+
+def test_top_level_export_is_lazy():
+    import subprocess
+    import sys
+
+    import liverseg
+
+    assert liverseg.Predictor is Predictor
+    code = "import sys, liverseg; assert 'torch' not in sys.modules, 'import liverseg pulled in torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -47,8 +47,11 @@ def test_synthetic_series_round_trip(tmp_path, direction):
     assert np.array_equal(back[..., 0], lab.array >= 1)
     assert np.array_equal(back[..., 1], lab.array == 2)
     # from the folder instead of datasets: the same frames
-    out2 = write_dicom_seg(labels, tmp_path / "dcm", tmp_path / "seg2.dcm", model_name="tiny", model_version="0.1", sha256=None)
+    run_info = {"model": {"name": "tiny", "sha256": "ef" * 32}}
+    out2 = write_dicom_seg(labels, tmp_path / "dcm", tmp_path / "seg2.dcm", run_info=run_info)
     assert np.array_equal(_labels_by_source(out2, datasets)[1], back)
+    algo2 = pydicom.dcmread(out2).SegmentSequence[1].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo2.AlgorithmName == "tiny" and algo2.AlgorithmVersion == "sha256:" + "ef" * 8
 
 
 def test_mask_from_another_grid_is_refused(tmp_path):

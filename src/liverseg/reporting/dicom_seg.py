@@ -176,12 +176,13 @@ def _segment_descriptions(model_name: str, model_version: str, sha256: str | Non
 
 def write_dicom_seg(
     labels: Volume,
-    source: Sequence[Any] | str | Path,
+    source_datasets: Sequence[Any] | str | Path,
     path: str | Path,
     *,
-    model_name: str,
-    model_version: str,
-    sha256: str | None,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    sha256: str | None = None,
+    run_info: dict[str, Any] | None = None,
     series_description: str = "liverseg liver/tumor",
     series_number: int = 901,
 ) -> Path:
@@ -190,12 +191,15 @@ def write_dicom_seg(
     Args:
         labels: label Volume on the source series' grid (as :func:`liverseg.io.read_volume`
             returned the CT).
-        source: the source CT images: pydicom Datasets (headers suffice, e.g. from
+        source_datasets: the source CT images: pydicom Datasets (headers suffice, e.g. from
             :func:`liverseg.io.read_dicom_series` or ``load_source_datasets``), or the DICOM
             folder / .zip / file they come from (``labels.metadata["series_uid"]`` picks
             the series when a folder holds several).
         path: the file to write (``seg.dcm``).
         model_name, model_version, sha256: the model, recorded as the segmentation algorithm.
+        run_info: a ``run_case`` run record; its ``model`` (name, version, sha256) fills
+            whichever of the three above is not given. Without a version the first 16 hex
+            digits of the sha256 stand in (``sha256:0123...``).
 
     Returns:
         ``path``. The file loads with ``highdicom.seg.segread`` and ``pydicom.dcmread``.
@@ -205,9 +209,21 @@ def write_dicom_seg(
     """
     import highdicom as hd
 
+    if run_info:
+        from liverseg.reporting.report import model_info
+
+        m = model_info(run_info)
+        model_name = model_name or m.get("name")
+        model_version = model_version or (str(m["version"]) if m.get("version") is not None else None)
+        sha256 = sha256 or m.get("sha256")
+    if not model_version and sha256:
+        model_version = f"sha256:{sha256[:16]}"  # a bundle without a version: its weights identify it
     if not model_name or not model_version:
-        raise ValueError("model_name and model_version are required (they identify the algorithm in the SEG)")
-    datasets = _complete_type2(_load_sources(source, labels))
+        raise ValueError(
+            "model_name and model_version are required (they identify the algorithm in the SEG); "
+            "pass them or a run_info with model name and version"
+        )
+    datasets = _complete_type2(_load_sources(source_datasets, labels))
     uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
     if len(uids) != 1:
         raise SeriesError(f"the source images belong to {len(uids)} series; pass the one series the mask was made on")

@@ -99,6 +99,9 @@ class StageConfig:
         foreground_fraction: share of patches centred on liver.
         tumor_fraction: share of patches centred on tumor (where the case has tumor).
         augment: spatial and intensity augmentation on or off.
+        elastic: add elastic deformation to the spatial augmentation (slower).
+        liver_only_synthetic_annotated: treat liver-only cases as tumor-free, so patches with
+            synthetic tumors painted into them are fully supervised (e.g. healthy CHAOS livers).
         deep_supervision: train with the network's multi-resolution outputs.
         epochs, iterations_per_epoch, time_budget_minutes, optimizer: per-stage overrides
             of the :class:`TrainConfig` values (``None``: use those).
@@ -116,6 +119,8 @@ class StageConfig:
     foreground_fraction: float = 0.5
     tumor_fraction: float = 0.35
     augment: bool = True
+    elastic: bool = False
+    liver_only_synthetic_annotated: bool = False
     deep_supervision: bool = True
     epochs: int | None = None
     iterations_per_epoch: int | None = None
@@ -137,6 +142,11 @@ class StageConfig:
         for key in ("foreground_fraction", "tumor_fraction"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"stage {self.name!r}: {key} must be in [0, 1]; got {getattr(self, key)}")
+        if self.tumor_fraction > self.foreground_fraction and not self.merge_tumor:
+            raise ValueError(
+                f"stage {self.name!r}: tumor_fraction ({self.tumor_fraction}) is part of foreground_fraction "
+                f"({self.foreground_fraction}) and cannot exceed it"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"stage {self.name!r}: epochs must be >= 1; got {self.epochs}")
         if self.iterations_per_epoch is not None and self.iterations_per_epoch < 1:

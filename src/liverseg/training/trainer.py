@@ -42,6 +42,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from liverseg.errors import InputError, TrainingError
@@ -373,6 +374,8 @@ def _patch_dataset(cached: list[Any], stage: StageConfig, plan: Plan, samples: i
         augment=stage.augment,
         synthetic_tumors=_synthetic(stage, seed),
         seed=seed,
+        elastic=stage.elastic,
+        liver_only_synthetic_annotated=stage.liver_only_synthetic_annotated,
     )
 
 
@@ -401,9 +404,10 @@ def validate(
 ) -> list[CaseScore]:
     """Dice per held-out case, predicting each whole case by Gaussian-weighted sliding window.
 
-    ``cached`` items carry ``image`` (z, y, x) normalised float and ``label`` (z, y, x)
-    0/1/2 on the stage's grid, ``case_id`` and ``tumor_annotated``. A 2D plan
-    (``len(patch_size) == 2``) predicts slice by slice.
+    ``cached`` items (:class:`~liverseg.training.cache.CachedCase`) carry ``image`` (z, y, x)
+    HU, normalised here with ``plan``, and ``label`` (z, y, x) 0/1/2 on the stage's grid,
+    ``case_id`` and ``tumor_annotated``. A 2D plan (``len(patch_size) == 2``) predicts
+    slice by slice, each slice resized to the patch and the logits resized back.
     """
     from monai.inferers import sliding_window_inference
 
@@ -418,11 +422,17 @@ def validate(
             image, label = _cached_arrays(c, plan)
             x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
             with torch.autocast(device_type=device.type, enabled=use_amp):
-                if len(roi) == 2:
+                if len(roi) == 2:  # whole axial slices resized to the patch, as PatchDataset trains them
                     preds = []
-                    for z0 in range(0, x.shape[0], 16):
-                        xs = x[z0 : z0 + 16, None].to(device)
-                        out = sliding_window_inference(xs, roi, 16, model, overlap=overlap, mode="gaussian")
+                    size = tuple(x.shape[1:])
+                    for z0 in range(0, x.shape[0], 8):
+                        xs = x[z0 : z0 + 8, None].to(device)
+                        if size != roi:
+                            down = any(a > b for a, b in zip(size, roi))
+                            xs = F.interpolate(xs, size=roi, mode="bilinear", align_corners=False, antialias=down)
+                        out = model(xs).float()
+                        if size != roi:
+                            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
                         preds.append(out.argmax(1).cpu())
                     pred = torch.cat(preds).numpy()
                 else:

@@ -1,0 +1,179 @@
+"""Data augmentation for training patches, built from MONAI transforms.
+
+Two stages, each drawn from a caller-given ``numpy.random.Generator`` so a sample is
+reproducible from (seed, epoch, index):
+
+* :meth:`Augmenter.spatial` on the HU crop and its labels: rotation + scaling
+  (``RandAffine``) or optional elastic deformation (``Rand3DElastic``/``Rand2DElastic``),
+  which also cut the centre patch out of the slightly larger crop, then mirroring
+  (``RandFlip``) along each axis;
+* :meth:`Augmenter.intensity` on the z-scored patch, nnU-Net's recipe: Gaussian noise,
+  Gaussian blur, brightness, contrast (scaling about the mean), gamma and simulated low
+  resolution (``RandSimulateLowResolution``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
+    RandSimulateLowResolutiond,
+)
+
+__all__ = ["Augmenter", "center_crop"]
+
+
+def center_crop(array: np.ndarray | torch.Tensor, size: Sequence[int]) -> np.ndarray | torch.Tensor:
+    """The centre ``size`` of the last ``len(size)`` axes (which must be at least that large)."""
+    size = tuple(int(s) for s in size)
+    sp = array.shape[-len(size):]
+    if any(a < s for a, s in zip(sp, size)):
+        raise ValueError(f"cannot crop {tuple(size)} out of {tuple(sp)}")
+    sl = tuple(slice((a - s) // 2, (a - s) // 2 + s) for a, s in zip(sp, size))
+    return array[(Ellipsis, *sl)]
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+class Augmenter:
+    """Spatial and intensity augmentation of one patch.
+
+    Args:
+        patch_size: output size (z, y, x) or (y, x) in voxels.
+        spatial_probability: chance of a rotation + scaling per sample.
+        rotation_deg: largest rotation in degrees: (in the axial plane, out of it) for 3D;
+            the first number for 2D.
+        scale_range: (smallest, largest) zoom factor.
+        elastic: also use elastic deformation (slower) ...
+        elastic_probability: ... on this share of samples.
+        mirror: flip each axis with probability 0.5.
+        intensity: apply the intensity transforms.
+
+    >>> aug = Augmenter(patch_size=(16, 32, 32))
+    >>> aug.region_size
+    (19, 42, 42)
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: Sequence[int],
+        spatial_probability: float = 0.3,
+        rotation_deg: tuple[float, float] = (15.0, 8.0),
+        scale_range: tuple[float, float] = (0.85, 1.2),
+        elastic: bool = False,
+        elastic_probability: float = 0.2,
+        mirror: bool = True,
+        intensity: bool = True,
+    ) -> None:
+        ps = tuple(int(p) for p in patch_size)
+        if len(ps) not in (2, 3) or min(ps) < 1:
+            raise ValueError(f"patch_size must be 2 or 3 positive sizes; got {patch_size}")
+        for name, p in (("spatial_probability", spatial_probability), ("elastic_probability", elastic_probability)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {p}")
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high; got {scale_range}")
+        self.patch_size = ps
+        self.ndim = len(ps)
+        self.spatial_probability = float(spatial_probability)
+        self.elastic = bool(elastic)
+        self.elastic_probability = float(elastic_probability)
+        self.mirror = bool(mirror)
+        self.use_intensity = bool(intensity)
+        rot_in, rot_out = (math.radians(r) for r in rotation_deg)
+        keys = ["image", "label"]
+        # MONAI's scale_range is added to 1 (a zoom factor of 1 + s; > 1 shows a smaller field)
+        scale = (lo - 1.0, hi - 1.0)
+        if self.ndim == 3:
+            rotate = ((-rot_in, rot_in), (-rot_out, rot_out), (-rot_out, rot_out))
+            scales = (scale, scale, scale)
+        else:
+            rotate = ((-rot_in, rot_in),)
+            scales = (scale, scale)
+        modes = ("bilinear", "nearest")
+        pads = ("border", "zeros")
+        self._affine = RandAffined(
+            keys, prob=1.0, spatial_size=ps, rotate_range=rotate, scale_range=scales, mode=modes, padding_mode=pads
+        )
+        if self.ndim == 3:
+            self._elastic = Rand3DElasticd(
+                keys, sigma_range=(5.0, 8.0), magnitude_range=(50.0, 150.0), spatial_size=ps, prob=1.0,
+                rotate_range=rotate, scale_range=scales, mode=modes, padding_mode=pads,
+            )
+        else:
+            self._elastic = Rand2DElasticd(
+                keys, spacing=(16, 16), magnitude_range=(0.5, 2.0), spatial_size=ps, prob=1.0,
+                rotate_range=rotate, scale_range=scales, mode=modes, padding_mode=pads,
+            )
+        self._flips = Compose([RandFlipd(keys, prob=0.5, spatial_axis=ax) for ax in range(self.ndim)])
+        smooth = {"sigma_x": (0.5, 1.0), "sigma_y": (0.5, 1.0), "sigma_z": (0.5, 1.0)}
+        self._intensity = Compose(
+            [
+                RandGaussianNoised("image", prob=0.1, std=0.1),
+                RandGaussianSmoothd("image", prob=0.2, **smooth),
+                RandScaleIntensityd("image", factors=0.25, prob=0.15),
+                RandScaleIntensityFixedMeand("image", factors=0.25, preserve_range=True, prob=0.15),
+                RandSimulateLowResolutiond(
+                    "image", prob=0.25, zoom_range=(0.5, 1.0), upsample_mode="trilinear" if self.ndim == 3 else "bilinear"
+                ),
+                RandAdjustContrastd("image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
+                RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+            ]
+        )
+
+    @property
+    def region_size(self) -> tuple[int, ...]:
+        """Size of the crop to take before :meth:`spatial` (room for rotation and zoom-out)."""
+        if self.ndim == 2:
+            return self.patch_size
+        z, y, x = self.patch_size
+        return (int(math.ceil(z * 1.15)), int(math.ceil(y * 1.3)), int(math.ceil(x * 1.3)))
+
+    def spatial(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate/scale (or deform) and mirror; returns the centre patch (float image, float label).
+
+        Args:
+            image: (1, *region) float32 (HU).
+            label: (1, *region) float32 labels.
+            rng: source of the random draws.
+        """
+        d = {"image": image, "label": label}
+        r = rng.random()
+        if self.elastic and r < self.elastic_probability:
+            self._elastic.set_random_state(seed=int(rng.integers(2**31)))
+            d = self._elastic(d)
+        elif r < self.spatial_probability + (self.elastic_probability if self.elastic else 0.0):
+            self._affine.set_random_state(seed=int(rng.integers(2**31)))
+            d = self._affine(d)
+        else:
+            d = {k: center_crop(v, self.patch_size) if tuple(v.shape[1:]) != self.patch_size else v for k, v in d.items()}
+        if self.mirror:
+            self._flips.set_random_state(seed=int(rng.integers(2**31)))
+            d = self._flips(d)
+        return _plain(d["image"]), _plain(d["label"])
+
+    def intensity(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Noise, blur, brightness, contrast, low resolution and gamma on a z-scored (1, *patch) image."""
+        if not self.use_intensity:
+            return image
+        self._intensity.set_random_state(seed=int(rng.integers(2**31)))
+        return _plain(self._intensity({"image": image})["image"]).float()

@@ -135,3 +135,25 @@ def test_bad_arguments_raise():
         DiceCELoss(num_classes=3)(torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="does not match"):
         DiceCELoss(num_classes=3)(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 1, 4, 4, 5, dtype=torch.long))
+
+
+def test_synthetic_tumor_voxels_in_liver_only_samples_are_supervised():
+    """In a liver-only sample, label-2 voxels (synthetic tumors) must be pushed to tumor."""
+    import torch
+
+    from liverseg.training.losses import DiceCELoss
+
+    loss = DiceCELoss(num_classes=3)
+    target = torch.zeros(1, 1, 2, 2, 2, dtype=torch.long)
+    target[..., 0, :, :] = 2  # synthetic tumor
+    target[..., 1, :, :] = 1  # liver of unknown tumor status
+    unannotated = torch.tensor([False])
+    liver_says = torch.zeros(1, 3, 2, 2, 2)
+    liver_says[:, 1] = 5.0
+    tumor_says = torch.zeros(1, 3, 2, 2, 2)
+    tumor_says[:, 2] = 5.0
+    # calling the synthetic tumor "liver" costs more than calling it "tumor"
+    assert float(loss(liver_says, target, unannotated)) > float(loss(tumor_says, target, unannotated)) + 0.5
+    # on label-1 voxels liver and tumor remain equally acceptable (marginal)
+    only_liver = torch.ones_like(target)
+    assert abs(float(loss(liver_says, only_liver, unannotated)) - float(loss(tumor_says, only_liver, unannotated))) < 1e-5

@@ -11,7 +11,9 @@ channels (background left out of the Dice). Two additions:
   2021): the probabilities of liver and tumor are summed into one "liver or tumor"
   class and the label's liver voxels (1 and 2) are its target. The network is then
   rewarded for calling a liver voxel either liver or tumor, and only the liver/background
-  boundary is taught.
+  boundary is taught. Voxels labelled tumor in such a sample can only be synthetic tumors
+  painted in during training (the case has no tumor labels of its own): they are known
+  tumor and keep their full cross-entropy term, so synthetic tumors teach on every case.
 * **Deep supervision.** A list of logits (full, 1/2, 1/4 resolution ...) is scored
   against the label downsampled by nearest neighbour, with weights halving per level
   and normalised to sum to 1.
@@ -112,11 +114,15 @@ class DiceCELoss(nn.Module):
             dice_terms.append(self._dice_loss(p, F.one_hot(t, self.num_classes).movedim(-1, 1).to(p.dtype)))
             weights.append(int(annotated.sum()))
         if (~annotated).any():
-            # marginal: classes {background} and {liver, tumor}
-            lp, p, t = logp[~annotated], prob[~annotated], (target[~annotated] > 0).long()
+            # marginal: classes {background} and {liver, tumor}; voxels labelled tumor in such a
+            # sample (synthetic tumors painted into the liver) are known tumor and keep full CE
+            lp, p, t3 = logp[~annotated], prob[~annotated], target[~annotated]
+            t = (t3 > 0).long()
             lp2 = torch.stack([lp[:, 0], torch.logsumexp(lp[:, 1:], dim=1)], dim=1)
             p2 = torch.stack([p[:, 0], p[:, 1:].sum(dim=1)], dim=1)
-            ce_terms.append(F.nll_loss(lp2, t, reduction="sum"))
+            known_tumor = t3 == 2
+            nll = -torch.where(known_tumor, lp[:, 2], lp2.gather(1, t[:, None])[:, 0])
+            ce_terms.append(nll.sum())
             dice_terms.append(self._dice_loss(p2, F.one_hot(t, 2).movedim(-1, 1).to(p2.dtype)))
             weights.append(int((~annotated).sum()))
         ce = sum(ce_terms) / target.numel()

@@ -246,7 +246,11 @@ def _ratio(a: int, b: int) -> float | None:
 def _matched_iou(a_lab: np.ndarray, n_a: int, b_lab: np.ndarray) -> list[float]:
     """For each component of ``a``: IoU with the union of ``b``'s components it overlaps."""
     out = []
-    b_sizes = np.bincount(b_lab.ravel())
+    b_boxes = ndimage.find_objects(b_lab)
+    b_sizes = np.zeros(len(b_boxes) + 1, np.int64)  # per-box counts: bincount over a CT is slow
+    for k, box in enumerate(b_boxes, start=1):
+        if box is not None:
+            b_sizes[k] = np.count_nonzero(b_lab[box] == k)
     for k, box in enumerate(ndimage.find_objects(a_lab), start=1):
         if box is None:
             continue

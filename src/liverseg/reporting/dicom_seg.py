@@ -65,13 +65,21 @@ _TYPE2 = (
 
 
 def _complete_type2(datasets: Sequence[Any]) -> list[Any]:
-    """Copies of the datasets that lack a Type 2 attribute, with it present and empty."""
+    """Copies of the datasets that lack a Type 2 attribute, with it present and empty.
+
+    A series without FrameOfReferenceUID (some old exports, e.g. 3D-IRCADb) gets one derived
+    from its SeriesInstanceUID: the SEG needs one, and its frames still reference the source
+    images by SOPInstanceUID.
+    """
     import pydicom
+    from pydicom.uid import generate_uid
 
     out = []
+    for_uid = None
     for ds in datasets:
         missing = [k for k in _TYPE2 if k not in ds]
-        if missing:
+        need_for = not str(ds.get("FrameOfReferenceUID", "") or "")
+        if missing or need_for:
             new = pydicom.Dataset()  # a new element dict: the caller's dataset stays as it was
             for elem in ds:
                 new.add(elem)
@@ -80,6 +88,14 @@ def _complete_type2(datasets: Sequence[Any]) -> list[Any]:
             ds = new
             for k in missing:
                 setattr(ds, k, "")
+            if need_for:
+                if for_uid is None:
+                    for_uid = generate_uid(entropy_srcs=["liverseg-frame-of-reference", str(ds.get("SeriesInstanceUID", ""))])
+                    log.warning(
+                        "the source series has no FrameOfReferenceUID; the DICOM SEG uses %s (derived from the series UID)",
+                        for_uid,
+                    )
+                ds.FrameOfReferenceUID = for_uid
         out.append(ds)
     return out
 
@@ -126,11 +142,17 @@ def frames_for_sources(labels: Volume, datasets: Sequence[Any]) -> np.ndarray:
                 f"source image {getattr(ds, 'SOPInstanceUID', '?')} does not lie on the mask's grid "
                 "(different position, orientation or pixel size): pass the DICOM series the mask was predicted on"
             )
-        r, c = np.mgrid[:rows, :cols]
-        ijk = np.rint(idx0[:, None, None] + step_c[:, None, None] * c + step_r[:, None, None] * r).astype(int)
-        i, j, k = ijk
+        # each image axis follows one index axis (checked above): index vectors, then one gather
+        ax_c, ax_r = int(np.argmax(np.abs(step_c))), int(np.argmax(np.abs(step_r)))
+        start = np.rint(idx0).astype(int)
+        along_c = start[ax_c] + int(np.rint(step_c[ax_c])) * np.arange(cols)
+        along_r = start[ax_r] + int(np.rint(step_r[ax_r])) * np.arange(rows)
+        ijk: list[Any] = [start[0], start[1], start[2]]  # i (x), j (y), k (z)
+        ijk[ax_c] = along_c[None, :]
+        ijk[ax_r] = along_r[:, None]
+        i, j, k = (np.broadcast_to(v, (rows, cols)) for v in ijk)
         inside = (0 <= i) & (i < lab.shape[2]) & (0 <= j) & (j < lab.shape[1]) & (0 <= k) & (k < lab.shape[0])
-        if not inside.all():
+        if ax_c == ax_r or not inside.all():
             raise SeriesError(
                 f"source image {getattr(ds, 'SOPInstanceUID', '?')} ({rows}x{cols}) reaches outside the mask's grid "
                 f"{lab.shape} (z, y, x): pass the DICOM series the mask was predicted on"

@@ -327,6 +327,18 @@ def write_overlay_png(
     return path
 
 
+def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """Downsample an RGB image (area average) so its longer side is at most ``max_side``."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb
+    from PIL import Image
+
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+
+
 def write_montage_png(
     path: str | Path,
     ct: Volume,
@@ -355,8 +367,8 @@ def write_montage_png(
     for ax in axes.ravel():
         ax.axis("off")
     for ax, z in zip(axes.ravel(), zs):
-        rgb = render_slice_rgb(ct, labels, z, opacity=opacity)
-        ax.imshow(rgb, extent=(0, w * pmm[1], h * pmm[0], 0), interpolation="antialiased")
+        rgb = _shrink(render_slice_rgb(ct, labels, z, opacity=opacity), 320)
+        ax.imshow(rgb, extent=(0, w * pmm[1], h * pmm[0], 0), interpolation="nearest")
         n_t = int((lab[z] == 2).sum())
         ax.set_title(f"slice {z + 1}" + (" (tumor)" if n_t else ""), fontsize=8, color="white")
     fig.tight_layout(pad=0.3)

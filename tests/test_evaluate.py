@@ -43,6 +43,7 @@ def folders(tmp_path):
     _write(ref, "segmentation-2.nii", r2)
     _write(ref, "segmentation-3.nii", r3)
     _write(ref, "segmentation-4.nii", r3)  # no prediction for this one
+    _write(ref, "volume-1.nii", (r1 * 100).astype(np.uint8))  # LiTS keeps the CT beside the mask: ignored
     _write(pred, "segmentation-1.nii.gz", r1)
     _write(pred / "volume-2", "mask.nii.gz", p2)  # a `liverseg predict` output folder
     _write(pred, "segmentation-3.nii.gz", r3)

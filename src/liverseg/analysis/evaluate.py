@@ -77,12 +77,24 @@ def find_masks(folder: str | Path) -> dict[str, Path]:
                 break
     for p in candidates:
         key = case_key(p)
+        if key in found and _is_image_name(p) != _is_image_name(found[key]):
+            # LiTS keeps volume-N (the CT) beside segmentation-N (the mask): keep the mask
+            if _is_image_name(found[key]):
+                found[key] = p
+            continue
         if key in found:
             raise InputError(
                 f"{found[key].name} and {p.relative_to(root)} in {root} both stand for case '{key}': keep one of them"
             )
         found[key] = p
     return found
+
+
+def _is_image_name(p: Path) -> bool:
+    """A CT rather than a mask by its name: LiTS ``volume-N`` or nnU-Net ``*_0000``."""
+    name = p.name.lower()
+    stem = _strip_suffix(p.name) or p.name
+    return name.startswith("volume") or stem.endswith("_0000")
 
 
 def pair_masks(pred_dir: str | Path, ref_dir: str | Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:

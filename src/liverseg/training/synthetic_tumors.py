@@ -5,7 +5,8 @@ realistic synthetic lesions segments real ones nearly as well. The recipe, re-im
 here from the paper's description:
 
 1. **Location**: a random liver voxel whose lesion would not swallow vessels (bright
-   voxels well above the local liver intensity); a few draws, the best kept.
+   voxels well above the local liver intensity) and would lie mostly (80 %) inside the
+   liver; a few draws, the best kept, none if all would swallow vessels.
 2. **Shape**: an ellipsoid with random axes and orientation, distorted by a smooth random
    displacement field (elastic deformation), kept inside the liver.
 3. **Texture**: Gaussian noise upscaled from a coarse grid (smooth blotches), added to a
@@ -80,7 +81,7 @@ class SyntheticTumors:
         hyper_delta_hu: (min, max) HU by which a hyperdense lesion is brighter.
         texture_std_hu: (min, max) standard deviation of the lesion's texture in HU.
         texture_scale_mm: (min, max) grain size of the texture in mm.
-        edge_sigma_mm: (min, max) Gaussian blur of the lesion's edge in mm.
+        edge_sigma_mm: (min, max) Gaussian blur of the lesion's edge in mm (at most 0.3 x radius).
         distortion: displacement amplitude of the shape as a fraction of the radius.
         vessel_delta_hu: voxels brighter than the local liver median by this much are vessels.
         capsule_probability: chance of a brighter rim around a hypodense lesion.
@@ -99,8 +100,8 @@ class SyntheticTumors:
         probability: float = 0.5,
         max_count: int = 3,
         radius_mm: tuple[float, float] = (1.5, 30.0),
-        hypodense_probability: float = 0.85,
-        hypo_delta_hu: tuple[float, float] = (25.0, 90.0),
+        hypodense_probability: float = 0.9,
+        hypo_delta_hu: tuple[float, float] = (30.0, 100.0),
         hyper_delta_hu: tuple[float, float] = (15.0, 50.0),
         texture_std_hu: tuple[float, float] = (3.0, 15.0),
         texture_scale_mm: tuple[float, float] = (2.0, 8.0),
@@ -247,13 +248,15 @@ class SyntheticTumors:
             cand = self._candidate(image, label, spacing, centre, radius, rng)
             if cand is None:
                 continue
-            vessel_frac = cand["vessel_frac"]
-            if best is None or vessel_frac < best[0]:
-                best = (vessel_frac, cand)
-            if vessel_frac < 0.02:
+            # prefer lesions clear of vessels and mostly inside the liver (not cut flat by its edge)
+            score = cand["vessel_frac"] + 0.5 * max(0.0, 0.8 - cand["inside"])
+            if best is None or score < best[0]:
+                best = (score, cand)
+            if score < 0.02:
                 break
-            radius = max(self.radius_mm[0], radius * 0.8)  # smaller lesions fit between vessels
-        if best is None or best[0] > 0.1:
+            if cand["vessel_frac"] >= 0.02:
+                radius = max(self.radius_mm[0], radius * 0.85)  # smaller lesions fit between vessels
+        if best is None or best[1]["vessel_frac"] > 0.1:
             return None
         return self._paint(image, label, spacing, best[1], rng)
 
@@ -282,7 +285,8 @@ class SyntheticTumors:
         """Shape (soft mask alpha in a local box) for a lesion at ``centre``; None if nothing fits."""
         sp = np.asarray(spacing)
         axes = radius * rng.uniform(0.75, 1.25, size=3)
-        edge_sigma = rng.uniform(*self.edge_sigma_mm)
+        # a soft edge, but never so soft that it washes a small lesion out
+        edge_sigma = min(rng.uniform(*self.edge_sigma_mm), 0.3 * radius)
         half_mm = axes.max() * (1.0 + self.distortion) + 3.0 * edge_sigma + 2.0 * max(sp[1:])
         half = np.ceil(half_mm / sp).astype(int)
         lo = np.maximum(centre - half, 0)
@@ -317,7 +321,8 @@ class SyntheticTumors:
         vessels = liver_box & (ndimage.uniform_filter(img_box, size=[min(3, n) for n in bshape]) > liver_med + self.vessel_delta_hu)
         core = alpha > 0.5
         vessel_frac = float(vessels[core].mean())
-        return {"box": box, "alpha": alpha, "core": core, "liver_med": liver_med, "radius": radius,
+        inside = float(core.sum()) / max(float((hard > 0.5).sum()), 1.0)  # share of the shape inside the liver
+        return {"inside": min(inside, 1.0), "box": box, "alpha": alpha, "core": core, "liver_med": liver_med, "radius": radius,
                 "centre": tuple(int(c) for c in centre), "vessel_frac": vessel_frac, "lo": lo, "shape": bshape}
 
     def _paint(

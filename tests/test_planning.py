@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -77,6 +78,10 @@ def test_cache_resamples_reuses_and_crops(lits: Path, tmp_path: Path) -> None:
     c0 = first[0]
     assert c0.image.shape == (8, 24, 24) and c0.image.dtype == np.int16 and c0.label.dtype == np.uint8
     assert isinstance(c0.image, np.memmap)
+    blob = pickle.dumps(c0)  # DataLoader workers / DDP processes get the path, not the voxels
+    assert len(blob) < c0.image.nbytes
+    back = pickle.loads(blob)
+    assert isinstance(back.image, np.memmap) and np.array_equal(back.image, c0.image)
     assert c0.has_tumor and not first[1].has_tumor
     assert (c0.label[tuple(c0.tumor_coords.T)] == 2).all()
     assert (c0.label[tuple(c0.liver_coords.T)] > 0).all()

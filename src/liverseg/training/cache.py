@@ -59,6 +59,8 @@ class CachedCase:
             (non-zero with ``roi="liver"``).
         original_spacing_mm: the spacing the case was read with (after overrides).
         merged_tumor: labels were merged to 0 / 1 (``merge_tumor=True``).
+        cache_path: the case's cache folder; memory-mapped arrays pickle as this path (cheap
+            to send to spawned DataLoader workers / DDP processes) and reopen on unpickling.
     """
 
     case_id: str
@@ -74,6 +76,19 @@ class CachedCase:
     crop_offset: tuple[int, int, int] = (0, 0, 0)
     original_spacing_mm: tuple[float, float, float] | None = None
     merged_tumor: bool = False
+    cache_path: Path | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.cache_path is not None and isinstance(self.image, np.memmap) and isinstance(self.label, np.memmap):
+            state["image"] = state["label"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.image is None and self.cache_path is not None:
+            self.image = np.load(Path(self.cache_path) / "image.npy", mmap_mode="r")
+            self.label = np.load(Path(self.cache_path) / "label.npy", mmap_mode="r")
 
     @property
     def has_tumor(self) -> bool:
@@ -168,6 +183,7 @@ def load_cached(case_dir: str | Path, *, mmap: bool = True) -> CachedCase:
         crop_offset=tuple(meta.get("crop_offset", (0, 0, 0))),  # type: ignore[arg-type]
         original_spacing_mm=tuple(meta["original_spacing_mm"]) if meta.get("original_spacing_mm") else None,
         merged_tumor=bool(meta.get("merge_tumor", False)),
+        cache_path=d if mmap else None,
     )
 
 

@@ -123,3 +123,21 @@ def test_cli_predict_bad_arguments_and_models(inputs, tmp_path, tiny_bundle_3d, 
     assert main(["predict", str(bad), "-o", str(tmp_path / "o"), "--model", str(tiny_bundle_3d),
                  "--model-2d", "none"]) == 2
     assert "broken.nii.gz" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_run_case_on_a_dicom_series_writes_a_dicom_seg(tmp_path, tiny_bundle_3d):
+    import highdicom as hd
+    import pydicom
+
+    from liverseg.testing import write_dicom_series
+
+    ct, _ = phantom(shape=(8, 40, 36), spacing=(2.5, 1.8, 1.8), lesions=())
+    write_dicom_series(ct, tmp_path / "series")
+    doc = run_case(tmp_path / "series", tmp_path / "out", predictor=Predictor(tiny_bundle_3d, model_2d=None))
+    assert doc["files"]["dicom_seg"] == "seg.dcm"
+    seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
+    assert seg.Modality == "SEG"
+    assert pydicom.dcmread(tmp_path / "out" / "seg.dcm").SeriesDescription
+    mask = read_volume(tmp_path / "out" / "mask.nii.gz")
+    assert mask.shape == ct.shape

@@ -189,3 +189,12 @@ def test_top_level_export_is_lazy():
     assert liverseg.Predictor is Predictor
     code = "import sys, liverseg; assert 'torch' not in sys.modules, 'import liverseg pulled in torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_onnx_engine_matches_torch(forced):
+    ct, _ = phantom(shape=(9, 33, 35), spacing=(3.0, 2.1, 1.9), lesions=())
+    a = Predictor(forced["single"], model_2d=None, engine="onnx").predict(ct, return_probabilities=True)
+    b = Predictor(forced["single"], model_2d=None).predict(ct, return_probabilities=True)
+    np.testing.assert_allclose(a.probabilities.astype(np.float32), b.probabilities.astype(np.float32), atol=2e-3)
+    assert a.model["engine"] == "onnx"

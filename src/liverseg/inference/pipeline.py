@@ -124,8 +124,8 @@ def _write_dicom_seg(path: Path, input_path: Path, ct: Volume, labels: Volume, r
     from liverseg.io import load_source_datasets
     from liverseg.reporting import write_dicom_seg
 
-    sources = load_source_datasets(input_path, series_uid=ct.metadata.get("series_uid"), force=True)
-    return write_dicom_seg(path, labels=labels, source_datasets=sources, run_info=run_info)
+    sources = load_source_datasets(input_path, series_uid=ct.metadata.get("series_uid"))
+    return write_dicom_seg(labels, sources, path, run_info=run_info)
 
 
 def run_case(

@@ -121,8 +121,9 @@ class _OnnxNet:
         example = torch.zeros(1, 1, *patch)
         with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
             warnings.simplefilter("ignore")
+            # the TorchScript exporter: needs only the onnx package (the dynamo one needs onnxscript)
             torch.onnx.export(net, (example,), str(path), input_names=["x"], output_names=["logits"],
-                              dynamo=True, verbose=False)
+                              dynamo=False, opset_version=17)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)

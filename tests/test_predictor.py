@@ -198,3 +198,27 @@ def test_onnx_engine_matches_torch(forced):
     b = Predictor(forced["single"], model_2d=None).predict(ct, return_probabilities=True)
     np.testing.assert_allclose(a.probabilities.astype(np.float32), b.probabilities.astype(np.float32), atol=2e-3)
     assert a.model["engine"] == "onnx"
+
+
+def test_labels_from_probabilities_match_a_full_linear_resampling():
+    import torch
+
+    from liverseg.inference.predictor import _linear_axis
+    from liverseg.preprocessing import resample_to_shape
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 7, 11, 9)
+    sub = x
+    for axis, (n, lo, hi) in enumerate([(17, 3, 12), (23, 0, 23), (5, 1, 4)]):
+        sub = _linear_axis(sub, axis + 1, n, lo, hi)
+    torch.testing.assert_close(sub, resample_to_shape(x, (17, 23, 5))[:, 3:12, :, 1:4])
+    # background margins on the stage grid: only the foreground's neighbourhood is resampled, same answer
+    p = torch.softmax(torch.randn(3, 12, 20, 20) * 3 + torch.tensor([4.0, 0, 0])[:, None, None, None], 0)
+    p[:, :3] = torch.tensor([1.0, 0, 0])[:, None, None, None]
+    p[:, :, :5] = torch.tensor([1.0, 0, 0])[:, None, None, None]
+    roi = (slice(2, 40), slice(5, 66), slice(0, 50))
+    labels = Predictor._labels_from_probs(None, p, (45, 70, 50), roi)  # type: ignore[arg-type]
+    expected = np.zeros((45, 70, 50), np.uint8)
+    expected[roi] = resample_to_shape(p, (38, 61, 50)).argmax(0).numpy()
+    assert (expected > 0).sum() > 100
+    np.testing.assert_array_equal(labels, expected)

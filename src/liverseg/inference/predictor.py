@@ -109,6 +109,23 @@ def _n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     return n
 
 
+def _linear_axis(x: torch.Tensor, axis: int, n_out: int, start: int, stop: int) -> torch.Tensor:
+    """Outputs ``start:stop`` of resampling ``x`` linearly along ``axis`` to ``n_out`` samples.
+
+    The same samples as ``F.interpolate(..., mode="trilinear", align_corners=False)`` (per axis:
+    source = (i + 0.5) · n_in / n_out − 0.5, clamped at 0), computed for a sub-range only.
+    """
+    n_in = x.shape[axis]
+    i = torch.arange(start, stop, dtype=torch.float64)
+    src = ((i + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    w = (src - i0.double()).float().view(shape)
+    return x.index_select(axis, i0) * (1.0 - w) + x.index_select(axis, i1) * w
+
+
 class _OnnxNet:
     """A stage network run by ONNX Runtime (exported at load time, one window at a time)."""
 
@@ -523,8 +540,31 @@ class Predictor:
         return resample_to_shape(probs.float().cpu(), shape, order=1)  # type: ignore[return-value]
 
     def _labels_from_probs(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:
+        """Argmax of the probabilities resampled linearly onto the input grid's region ``roi``.
+
+        Only the part of the region near the stage's foreground is resampled: where all
+        neighbouring stage voxels say background, so does any linear blend of them.
+        """
         labels = np.zeros(tuple(shape), np.uint8)
-        labels[tuple(roi)] = self._roi_probs(probs, roi).argmax(0).to(torch.uint8).numpy()
+        probs = probs.float().cpu()
+        fg = probs.argmax(0) > 0
+        if not bool(fg.any()):
+            return labels
+        out_shape = [s.stop - s.start for s in roi]
+        ranges = []
+        for axis, (n_out, m) in enumerate(zip(out_shape, probs.shape[1:])):
+            other = tuple(a for a in range(3) if a != axis)
+            idx = torch.nonzero(fg.any(dim=other)).flatten()
+            a, b = int(idx[0]), int(idx[-1])
+            scale = n_out / m
+            lo = max(0, int(math.floor((a - 1.0) * scale)) - 1)
+            hi = min(n_out, int(math.ceil((b + 2.0) * scale)) + 1)
+            ranges.append((lo, hi))
+        sub = probs
+        for axis, (n_out, (lo, hi)) in enumerate(zip(out_shape, ranges)):
+            sub = _linear_axis(sub, axis + 1, n_out, lo, hi)
+        box = tuple(slice(r.start + lo, r.start + hi) for r, (lo, hi) in zip(roi, ranges))
+        labels[box] = sub.argmax(0).to(torch.uint8).numpy()
         return labels
 
     def _full_probabilities(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:

@@ -57,6 +57,20 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: run_case's step names in plain words for the progress page.
+STAGE_WORDS = {
+    "read": "reading the scan",
+    "load_model": "loading the model",
+    "localize": "finding the liver",
+    "segment": "segmenting liver and tumors",
+    "postprocess": "cleaning up the mask",
+    "predicted": "segmentation done",
+    "analyze": "measuring the liver and lesions",
+    "write": "writing the mask and reports",
+    "done": "done",
+}
+
+
 class _Progress:
     """Writes (stage, fraction) to the store at most every ``every_s`` seconds, or when the stage changes."""
 
@@ -67,6 +81,7 @@ class _Progress:
 
     def __call__(self, stage: str, fraction: float) -> None:
         now = time.monotonic()
+        stage = STAGE_WORDS.get(str(stage), str(stage).replace("_", " "))
         if stage != self._stage or now - self._last >= self.every_s or fraction >= 1.0:
             self._stage, self._last = stage, now
             try:
@@ -105,7 +120,7 @@ def run_study_job(
     try:
         predictor = predictor_factory()
         progress = _Progress(store, job.id)
-        progress("reading the scan", 0.0)
+        progress("read", 0.0)
         report = run_case(
             input_path(data_dir, study_id),
             output_dir(data_dir, study_id),

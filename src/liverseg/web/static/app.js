@@ -144,7 +144,7 @@
         const badge = $("#job-status");
         badge.textContent = s.status;
         badge.className = "badge " + s.status;
-        $("#job-stage").textContent = s.status === "failed" ? "" : s.stage;
+        $("#job-stage").textContent = s.status === "running" ? s.stage : "";
         setBar(s.status === "done" ? 1 : s.progress);
         if (s.status === "done") { window.location.reload(); return; }
         if (s.status === "failed") {
@@ -194,7 +194,7 @@
       load(panes[0], url(false));
       load(panes[1], url(true));
       if (slider) { slider.value = st.z; $("#slice-label").textContent = `${st.z + 1} / ${n}`; }
-      $$("#lesion-table tbody tr").forEach((tr) => tr.classList.toggle("current", parseInt(tr.dataset.slice, 10) === st.z));
+      $$("#lesion-table tbody tr").forEach((tr) => tr.classList.toggle("current", tr === st.selected && parseInt(tr.dataset.slice, 10) === st.z));
     }
     function go(z) { z = Math.max(0, Math.min(n - 1, z)); if (z !== st.z) { st.z = z; render(); } }
     if (slider) {
@@ -227,7 +227,7 @@
     $("#show-liver").addEventListener("change", (e) => { st.liver = e.target.checked; load(panes[1], url(true)); });
     $("#show-tumor").addEventListener("change", (e) => { st.tumor = e.target.checked; load(panes[1], url(true)); });
     $$("#lesion-table tbody tr, a.jump").forEach((el) => {
-      const jump = (e) => { e.preventDefault(); go(parseInt(el.dataset.slice, 10)); viewer.scrollIntoView({ behavior: "smooth", block: "nearest" }); };
+      const jump = (e) => { e.preventDefault(); st.selected = el.tagName === "TR" ? el : null; const z = parseInt(el.dataset.slice, 10); if (z === st.z) render(); else go(z); viewer.scrollIntoView({ behavior: "smooth", block: "nearest" }); };
       el.addEventListener("click", jump);
       el.addEventListener("keydown", (e) => { if (e.key === "Enter") jump(e); });
     });

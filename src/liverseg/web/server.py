@@ -43,7 +43,7 @@ def serve(
         secure_cookies=secure_cookies, **app_options,
     )
     pool = app.extensions["liverseg"].pool
-    log.warning("liverseg web app on http://%s:%d (data in %s, %d worker(s))", host, port, Path(data_dir).resolve(), workers)
+    log.info("liverseg web app on http://%s:%d (data in %s, %d worker(s))", host, port, Path(data_dir).resolve(), workers)
     try:
         waitress.serve(
             app,

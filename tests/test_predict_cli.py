@@ -141,3 +141,22 @@ def test_run_case_on_a_dicom_series_writes_a_dicom_seg(tmp_path, tiny_bundle_3d)
     assert pydicom.dcmread(tmp_path / "out" / "seg.dcm").SeriesDescription
     mask = read_volume(tmp_path / "out" / "mask.nii.gz")
     assert mask.shape == ct.shape
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_cli_predict_on_real_dicom_and_jpeg(shared_data, tmp_path, tiny_bundle_3d, tiny_bundle_2d, capsys):
+    import highdicom as hd
+
+    dicom = shared_data / "unlabeled" / "dcmqi-ct-3slice"  # 3 CT slices + a SEG + an NRRD: one DICOM case
+    jpeg = sorted((shared_data / "slices2d" / "msd-liver-jpg" / "images").glob("*.jpg"))[0]
+    assert find_cases([dicom])[0] == [dicom]
+    out = tmp_path / "out"
+    code = main(["predict", str(dicom), str(jpeg), "-o", str(out), "--model", str(tiny_bundle_3d),
+                 "--model-2d", str(tiny_bundle_2d), "--overlap", "0"])  # tiny patches: few windows
+    assert code == 0, capsys.readouterr()
+    ct = read_volume(dicom)
+    assert read_volume(out / "dcmqi-ct-3slice" / "mask.nii.gz").shape == ct.shape
+    seg = hd.seg.segread(out / "dcmqi-ct-3slice" / "seg.dcm")
+    assert seg.Modality == "SEG"
+    assert read_volume(out / jpeg.stem / "mask.png").shape == read_volume(jpeg).shape

@@ -253,9 +253,9 @@ _CASE_FORMATS = {"nifti", "nifti-gz", "metaimage", "nrrd", "png", "jpeg", "zip",
 def find_cases(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand the user's inputs into cases.
 
-    A file is one case. A folder whose top level holds image files (NIfTI, MHA/NRRD, PNG/JPEG,
-    zip) gives one case per such file; any other folder is one case (a DICOM series, searched
-    recursively when read).
+    A file is one case. A folder with DICOM files at its top level, or with no image files
+    there, is one case (a DICOM series, searched recursively when read); otherwise each image
+    file at its top level (NIfTI, MHA/NRRD, PNG/JPEG, zip) is a case.
 
     Returns:
         ``(cases, bad)``: the case paths in the given order, and ``(input, reason)`` for inputs
@@ -273,16 +273,20 @@ def find_cases(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], li
         if not path.is_dir():
             cases.append(path)
             continue
-        files = []
+        files, has_dicom = [], False
         for child in sorted(path.iterdir()):
             if child.name.startswith(".") or not child.is_file():
                 continue
             try:
-                if sniff_format(child) in _CASE_FORMATS:
-                    files.append(child)
+                fmt = sniff_format(child)
             except LiversegError:
-                continue  # a README, a licence, a DICOM file's sibling: not a case of its own
-        cases.extend(files if files else [path])
+                continue  # a README, a licence: not a case
+            has_dicom |= fmt == "dicom"
+            if fmt in _CASE_FORMATS:
+                files.append(child)
+        if has_dicom and files:
+            log.info("%s holds DICOM files: read as one DICOM case (ignoring %s)", path, [f.name for f in files])
+        cases.extend(files if files and not has_dicom else [path])
     return cases, bad
 
 

@@ -126,7 +126,7 @@ def _engines(args: argparse.Namespace) -> list[dict[str, Any]]:
         for stage in bundle.stages:
             net = bundle.build(stage)
             x = torch.randn(1, 1, *stage.plan.patch_size)
-            with torch.inference_mode():
+            with torch.no_grad():
                 net(x)
                 times = []
                 for _ in range(args.engine_repeats):
@@ -171,7 +171,7 @@ def _engines(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _markdown(results: list[dict[str, Any]], engines: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Machine: {meta['cpu']} ({meta['cores']} cores), {meta['threads']} torch threads, torch {meta['torch']}, "
-        f"onnxruntime {meta['onnxruntime']}; models {meta['models']}.",
+        f"onnxruntime {meta['onnxruntime']}; models {meta['models']}; load average {meta['load_average']}.",
         "",
         "| input | shape (z, y, x) | TTA | read s | localize s | segment s | resample + postprocess s | predict s | "
         "read + predict s | peak RSS MB |",
@@ -208,6 +208,7 @@ def main() -> int:
     ap.add_argument("--no-tta", action="store_true", help="skip the TTA runs")
     ap.add_argument("--no-engines", action="store_true", help="skip the PyTorch vs ONNX Runtime comparison")
     ap.add_argument("--engine-repeats", type=int, default=5)
+    ap.add_argument("--engines-only", action="store_true", help="only the PyTorch vs ONNX Runtime comparison")
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--markdown", default=None, help="write the tables here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -221,25 +222,26 @@ def main() -> int:
         sys.stderr.write(f"no data at {DATA}; set LIVERSEG_SHARED_DATA\n")
         return 2
     names = list(CASES) if args.cases == "all" else [c.strip() for c in args.cases.split(",")]
-    results = []
-    for name in names:
+    results: list[dict[str, Any]] = []
+    for name in names if not args.engines_only else []:
         for tta in (False,) if args.no_tta else (False, True):
             r = _measure(args, DATA / CASES[name], tta=tta)
             r["label"] = name
             results.append(r)
             sys.stderr.write(f"{name} tta={tta}: {json.dumps(r)}\n")
-    slice_path = sorted((DATA / SLICE).glob("*.jpg"))[0]
-    r = _measure(args, slice_path, tta=False, repeats=6)
-    r["label"] = f"slice {slice_path.name} (warm)"
-    results.append(r)
-    sys.stderr.write(f"slice: {json.dumps(r)}\n")
+    if not args.engines_only:
+        slice_path = sorted((DATA / SLICE).glob("*.jpg"))[0]
+        r = _measure(args, slice_path, tta=False, repeats=6)
+        r["label"] = f"slice {slice_path.name} (warm)"
+        results.append(r)
+        sys.stderr.write(f"slice: {json.dumps(r)}\n")
     engines = [] if args.no_engines else _engines(args)
     import onnxruntime
     import torch
 
     meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "models": f"{args.model} + {args.model_2d}"}
+            "models": f"{args.model} + {args.model_2d}", "load_average": [round(v, 1) for v in os.getloadavg()]}
     md = _markdown(results, engines, meta)
     sys.stdout.write(md)
     if args.json:

@@ -368,7 +368,9 @@ class Predictor:
         spacing = volume.spacing
         if spacing is None and kind == "3d":
             warnings.append("the scan has no voxel spacing: it was used at the model's own spacing, and sizes are unknown")
-        with self._threads(), torch.inference_mode():
+        # no_grad, not inference_mode: the nnFormer caches index/mask tensors per window size, and
+        # tensors made in inference mode would break a later training step or ONNX export in this process
+        with self._threads(), torch.no_grad():
             probs, roi = self._cascade(kind, bundle, hu, spacing, timings, warnings, report)
             report("postprocess", 0.9)
             t0 = time.perf_counter()

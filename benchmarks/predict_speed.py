@@ -10,6 +10,9 @@ Then the network forward of every stage is timed in PyTorch and in ONNX Runtime 
 window of the stage's patch size (the networks are exported with ``torch.onnx.export`` into
 a temporary folder), to decide which engine the Predictor should use on CPU.
 
+Like ``liverseg predict``, the runs use ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: with
+OpenMP threads spinning, a loaded 2-core machine made torch's forward up to 30× slower.
+
 Targets (issue 5): a whole CT ≤ 15 s and ≤ 3 GB without TTA; a slice ≤ 0.3 s.
 
 Usage::
@@ -101,7 +104,9 @@ def _measure(args: argparse.Namespace, path: Path, *, tta: bool, repeats: int = 
     cmd = [sys.executable, __file__, "--one", str(path), "--model", args.model, "--model-2d", args.model_2d,
            "--threads", str(args.threads), "--overlap", str(args.overlap), "--engine", args.engine,
            "--repeats", str(repeats)] + (["--tta"] if tta else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `liverseg predict` does
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"input": str(path), "tta": tta, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
@@ -198,6 +203,7 @@ def _markdown(results: list[dict[str, Any]], engines: list[dict[str, Any]], meta
 
 
 def main() -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (engine comparison)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="liver-tumor-3d", help="3D bundle name or folder")
     ap.add_argument("--model-2d", default="liver-tumor-2d", help="2D bundle name or folder")

@@ -113,6 +113,11 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    import os
+
+    # Idle OpenMP threads sleep instead of spinning: on a busy CPU spinning made torch's forward
+    # up to 30x slower (benchmarks/predict_speed.py). Only takes effect before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from liverseg.inference import Predictor, run_cases
 
     try:

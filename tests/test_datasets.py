@@ -144,3 +144,19 @@ def test_ircadb_tumor_inside_liver(shared_data: Path) -> None:
     assert 180_000 < counts[2] < 190_000  # the README's 186k tumor voxels, all inside the liver
     assert counts[1] > 1_000_000
     assert ct.array[lab.array == 2].mean() < ct.array[lab.array == 1].mean() - 20  # hypodense lesions
+
+
+def test_axes_override_puts_axial_slices_first(tmp_path: Path, tiny) -> None:
+    """A file whose axial slices lie along its last stored axis is read back axial-first."""
+    ct, lab = tiny
+    # store the volume with its axes reversed, as the LiTS crop in ../shared/data is
+    _save_nifti(tmp_path / "volume-1.nii.gz", np.ascontiguousarray(ct.transpose(2, 1, 0)), spacing=(2.0, 2.0, 5.0))
+    _save_nifti(tmp_path / "segmentation-1.nii.gz", np.ascontiguousarray(lab.transpose(2, 1, 0)), spacing=(2.0, 2.0, 5.0))
+    case = find_cases(tmp_path, layout="lits")[0].with_axes((2, 1, 0))
+    img, labels = case.load()
+    np.testing.assert_array_equal(img.array, ct)
+    np.testing.assert_array_equal(labels.array, lab)
+    assert img.spacing == pytest.approx((5.0, 2.0, 2.0))
+    assert img.metadata["axes_override"] == [2, 1, 0]
+    with pytest.raises(ValueError, match="permutation"):
+        case.with_axes((0, 0, 1))

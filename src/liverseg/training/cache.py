@@ -154,6 +154,7 @@ def _options_hash(case: Case, plan: Plan, roi: str | None, roi_margin_mm: float,
         "image": _file_stamp(case.image_path),
         "label": _file_stamp(case.label_path),
         "spacing_override_mm": case.spacing_override_mm,
+        "axes_override": getattr(case, "axes_override", None),
         "source": case.source,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

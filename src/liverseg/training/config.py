@@ -183,6 +183,8 @@ class TrainConfig:
         validation_cases: ids of held-out cases (as :func:`liverseg.training.datasets.find_cases`
             names them); never trained on, scored every ``val_every`` epochs.
         spacing_overrides: case id → voxel spacing (z, y, x) mm for files whose header is wrong.
+        axes_overrides: case id → permutation of the (z, y, x) axes as read, for files whose
+            header stores the axes in the wrong order (see ``Case.axes_override``).
         epochs: epochs per stage.
         iterations_per_epoch: optimiser steps per epoch (patches = this × batch size).
         time_budget_minutes: per stage; training stops cleanly after the epoch step in which
@@ -206,6 +208,7 @@ class TrainConfig:
     data: list[str] = dataclasses.field(default_factory=list)
     validation_cases: list[str] = dataclasses.field(default_factory=list)
     spacing_overrides: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    axes_overrides: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     epochs: int = 50
     iterations_per_epoch: int = 50
     time_budget_minutes: float | None = None

@@ -74,7 +74,13 @@ class Case:
             (leave its tumor loss out), not tumor-free.
         source: ``"lits"``, ``"msd"``, ``"ircadb"``, ``"chaos"`` or ``"manifest"``.
         spacing_override_mm: (z, y, x) mm that replaces the spacing stored in the file
-            (e.g. for the LiTS crop in ../shared/data, whose header says 1.0 mm).
+            (e.g. for the LiTS crop in ../shared/data, whose header says 1.0 mm); given in
+            the axis order after ``axes_override``.
+        axes_override: a permutation of the (z, y, x) array axes as read, for files whose
+            header puts the axes in the wrong order: axis 0 of the result must run
+            cranio-caudally (axial slices), 1 antero-posterior, 2 left-right. The LiTS crop in
+            ../shared/data needs ``(2, 1, 0)``: its axial slices lie along the file's first
+            axis. The geometry of such a case is unknown, so origin and direction are reset.
     """
 
     case_id: str
@@ -83,6 +89,7 @@ class Case:
     tumor_annotated: bool
     source: str
     spacing_override_mm: tuple[float, float, float] | None = None
+    axes_override: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.case_id or "/" in self.case_id or "\\" in self.case_id:
@@ -93,6 +100,15 @@ class Case:
         if self.label_path is not None:
             object.__setattr__(self, "label_path", Path(self.label_path))
         object.__setattr__(self, "spacing_override_mm", _spacing_tuple(self.spacing_override_mm))
+        if self.axes_override is not None:
+            axes = tuple(int(a) for a in self.axes_override)
+            if sorted(axes) != [0, 1, 2]:
+                raise ValueError(f"axes_override must be a permutation of (0, 1, 2); got {self.axes_override!r}")
+            object.__setattr__(self, "axes_override", axes)
+
+    def with_axes(self, axes: Sequence[int] | None) -> "Case":
+        """This case with ``axes_override`` replaced."""
+        return dataclasses.replace(self, axes_override=None if axes is None else tuple(int(a) for a in axes))
 
     def with_spacing(self, spacing_mm: Sequence[float] | None) -> "Case":
         """This case with ``spacing_override_mm`` replaced."""
@@ -116,8 +132,17 @@ class Case:
             ct = _read_ct(self.image_path)
             lab = _read_label_file(self.label_path, ct, case_id=self.case_id)
         arr = np.clip(np.rint(np.asarray(ct.array, dtype=np.float32)), -32768, 32767).astype(np.int16)
-        spacing = self.spacing_override_mm if self.spacing_override_mm is not None else ct.spacing
+        spacing = ct.spacing
         meta = {**ct.metadata, "case_id": self.case_id, "source": self.source}
+        if self.axes_override is not None:
+            arr = np.ascontiguousarray(arr.transpose(self.axes_override))
+            lab = np.ascontiguousarray(np.asarray(lab).transpose(self.axes_override))
+            if spacing is not None:
+                spacing = tuple(spacing[a] for a in self.axes_override)
+            meta["axes_override"] = list(self.axes_override)
+            ct = Volume(array=arr, spacing=spacing, modality=ct.modality, is_hu=ct.is_hu, metadata=meta)
+        if self.spacing_override_mm is not None:
+            spacing = self.spacing_override_mm
         ct = ct.with_array(arr, spacing=spacing, metadata=meta)
         lab = ct.with_array(lab, is_hu=False, metadata={"case_id": self.case_id, "source": self.source})
         return ct, lab

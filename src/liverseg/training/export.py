@@ -116,6 +116,7 @@ def _bundle_info(cfg: dict[str, Any], results: list[StageResult], *, weights: st
             "train_cases": final.train_cases,
             "validation_cases": final.validation_cases,
             "spacing_overrides": cfg.get("spacing_overrides", {}),
+            "axes_overrides": cfg.get("axes_overrides", {}),
         },
         "metrics": {
             "what": "per-case Dice on the held-out validation cases, each stage on its own grid "

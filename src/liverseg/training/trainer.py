@@ -299,7 +299,12 @@ def _find_cases(config: TrainConfig) -> list[Any]:
     unknown = set(overrides) - set(cases)
     if unknown:
         raise InputError(f"spacing_overrides name cases that were not found: {sorted(unknown)}; the cases are {sorted(cases)}")
+    axes = {k: tuple(int(a) for a in v) for k, v in config.axes_overrides.items()}
+    unknown = set(axes) - set(cases)
+    if unknown:
+        raise InputError(f"axes_overrides name cases that were not found: {sorted(unknown)}; the cases are {sorted(cases)}")
     out = [cases[k].with_spacing(overrides[k]) if k in overrides else cases[k] for k in sorted(cases)]
+    out = [c.with_axes(axes[c.case_id]) if c.case_id in axes else c for c in out]
     if not out:
         raise InputError(f"no labelled cases found in {config.data}; see docs for the supported layouts")
     return out

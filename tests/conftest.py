@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning (see liverseg.cli.main); set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 SHARED_DATA = Path(os.environ.get("LIVERSEG_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))

@@ -113,11 +113,6 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    import os
-
-    # Idle OpenMP threads sleep instead of spinning: on a busy CPU spinning made torch's forward
-    # up to 30x slower (benchmarks/predict_speed.py). Only takes effect before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from liverseg.inference import Predictor, run_cases
 
     try:
@@ -281,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    # Idle OpenMP threads sleep instead of spinning: on a busy CPU spinning made torch's forward
+    # up to 30x slower (benchmarks/predict_speed.py). Takes effect only before torch is imported,
+    # so it is set here, for every command (predict, train, serve), before any handler runs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -86,3 +86,18 @@ def test_dcmqi_three_slices_match_the_published_seg(shared_data, tmp_path):
     assert np.array_equal(back[..., 1], labels.array == 2)
     assert back[..., 1][[0, 2]].sum() == 0
     assert pydicom.dcmread(out).NumberOfFrames == 4  # 3 liver frames + 1 tumor frame (empty ones omitted)
+
+
+@pytest.mark.realdata
+def test_series_with_empty_sop_class_uid_in_the_dataset(shared_data, tmp_path):
+    """TotalSegmentator's JPEG 2000 example keeps SOPClassUID only in its file meta."""
+    folder = shared_data / "unlabeled" / "totalsegmentator-example" / "example_ct_dicom"
+    vol, sources = read_dicom_series(folder)
+    assert not str(sources[0].get("SOPClassUID", ""))  # the quirk this test is about
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[5:10, 100:200, 100:200] = 1
+    lab[6:8, 120:140, 120:140] = 2
+    seg = hd.seg.segread(write_dicom_seg(vol.with_array(lab), sources, tmp_path / "seg.dcm", model_name="m", model_version="1"))
+    referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {str(ds.SOPInstanceUID) for ds in sources}
+    assert not str(sources[0].get("SOPClassUID", ""))  # the caller's datasets are not changed

@@ -79,7 +79,15 @@ def _complete_type2(datasets: Sequence[Any]) -> list[Any]:
     for ds in datasets:
         missing = [k for k in _TYPE2 if k not in ds]
         need_for = not str(ds.get("FrameOfReferenceUID", "") or "")
-        if missing or need_for:
+        # some exporters leave SOPClassUID / SOPInstanceUID empty in the dataset and keep them in
+        # the file meta only (e.g. TotalSegmentator's example series): take them from there
+        meta = getattr(ds, "file_meta", None)
+        fill_uids = {
+            k: str(meta.get(m, "") or "")
+            for k, m in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID"))
+            if meta is not None and not str(ds.get(k, "") or "") and str(meta.get(m, "") or "")
+        }
+        if missing or need_for or fill_uids:
             new = pydicom.Dataset()  # a new element dict: the caller's dataset stays as it was
             for elem in ds:
                 new.add(elem)
@@ -88,6 +96,10 @@ def _complete_type2(datasets: Sequence[Any]) -> list[Any]:
             ds = new
             for k in missing:
                 setattr(ds, k, "")
+            for k, v in fill_uids.items():
+                if k in ds:
+                    del ds[k]  # a new element: the shared one belongs to the caller's dataset
+                setattr(ds, k, v)
             if need_for:
                 if for_uid is None:
                     for_uid = generate_uid(entropy_srcs=["liverseg-frame-of-reference", str(ds.get("SeriesInstanceUID", ""))])

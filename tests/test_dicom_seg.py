@@ -99,5 +99,5 @@ def test_series_with_empty_sop_class_uid_in_the_dataset(shared_data, tmp_path):
     lab[6:8, 120:140, 120:140] = 2
     seg = hd.seg.segread(write_dicom_seg(vol.with_array(lab), sources, tmp_path / "seg.dcm", model_name="m", model_version="1"))
     referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
-    assert referenced == {str(ds.SOPInstanceUID) for ds in sources}
+    assert referenced == {str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID) for ds in sources}
     assert not str(sources[0].get("SOPClassUID", ""))  # the caller's datasets are not changed

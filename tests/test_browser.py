@@ -61,7 +61,7 @@ def _predictor_factory(tiny_3d: Path, tiny_2d: Path):
     from liverseg.inference import Predictor
 
     real = REPO / "models" / "liver-tumor-3d"
-    if (real / "weights.safetensors").is_file():
+    if _real_model_bundled():
         real2d = REPO / "models" / "liver-tumor-2d"
         return lambda: Predictor(real, model_2d=real2d if real2d.is_dir() else None, threads=2)
     return lambda: Predictor(tiny_3d, model_2d=tiny_2d, threads=1)
@@ -82,8 +82,21 @@ def server(tmp_path, tiny_bundle_3d, tiny_bundle_2d):
     app.extensions["liverseg"].pool.stop(timeout=30)
 
 
+def _real_model_bundled() -> bool:
+    return (REPO / "models" / "liver-tumor-3d" / "weights.safetensors").is_file()
+
+
 def _dicom_zip(shared_data: Path, tmp_path: Path) -> Path:
-    """A zip of the dcmqi 3-slice CT series (its SEG object and NRRD left out)."""
+    """The DICOM zip to upload.
+
+    With the bundled real model: 3D-IRCADb 1.17's whole CT (512 x 512 x 119, liver
+    metastases; the case the model was not trained on), as the user would upload it.
+    With only the tiny test bundles: a zip of the dcmqi 3-slice CT series (its SEG object
+    and NRRD left out), which keeps the job short.
+    """
+    ircad = shared_data / "labeled" / "3Dircadb1.17" / "PATIENT_DICOM.zip"
+    if _real_model_bundled() and ircad.is_file():
+        return ircad
     series = shared_data / "unlabeled" / "dcmqi-ct-3slice"
     files = sorted(series.glob("ct-3slice_*.dcm"))
     if not files:
@@ -129,7 +142,7 @@ def test_browser_end_to_end(server, shared_data, tmp_path):
         # upload the DICOM zip with a note
         driver.get(server + "/upload")
         driver.find_element(By.ID, "file-input").send_keys(str(archive))
-        wait.until(EC.text_to_be_present_in_element((By.ID, "selection"), "ct-3slice.zip"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "selection"), archive.name))
         driver.find_element(By.ID, "note").send_keys("Follow-up, known liver metastases")
         _shot(driver, "upload.png")
         driver.find_element(By.ID, "upload-button").click()

@@ -174,3 +174,30 @@ def test_worker_threads_run_jobs_in_the_background(tmp_path, tiny_bundle_3d, tin
     finally:
         pool.stop()
     assert not pool.running
+
+
+@pytest.mark.slow
+def test_patient_name_and_id_never_reach_the_logs(env, tmp_path, caplog):
+    """A DICOM study (uploaded as a zip, run to the DICOM SEG) logs nothing that names the patient."""
+    import logging
+    import zipfile
+
+    from liverseg.testing.dicom import write_dicom_series
+
+    app, c, _ = env
+    ct, _ = phantom(shape=(8, 40, 40), spacing=(4.0, 2.0, 2.0), lesions=((5.0, None),))
+    files = write_dicom_series(ct, tmp_path / "series")  # PatientName Phantom^Liverseg, PatientID PHANTOM-0001
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in files:
+            zf.write(f, f"series/{f.name}")
+    caplog.set_level(logging.DEBUG)
+    sid = upload(c, [(io.BytesIO(buf.getvalue()), "study.zip")]).get_json()["id"]
+    assert app.extensions["liverseg"].pool.run_pending() == 1
+    s = c.get(f"/studies/{sid}/status.json").get_json()
+    assert s["status"] == "done", s["error"]
+    assert "seg.dcm" in s["files"]
+    assert caplog.records, "the job logged nothing at all: the check below would be vacuous"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("Phantom^Liverseg", "Phantom Liverseg", "PHANTOM-0001"):
+        assert secret not in text

@@ -94,6 +94,23 @@ def test_spacing_override_argument_and_unit_spacing_warning(tmp_path: Path, tiny
     assert case.load()[0].spacing == (2.0, 1.6, 1.6)
     with pytest.raises(InputError, match="not found"):
         find_cases(tmp_path, spacing_overrides={"nope": (1, 1, 1)})
+    # a training recipe's spacing_overrides silence the warning too (the trainer applies them
+    # after finding the cases of every data folder)
+    import dataclasses
+
+    from liverseg.training.config import load_config
+    from liverseg.training.trainer import _find_cases
+
+    recipe = load_config(Path(__file__).resolve().parents[1] / "configs" / "liver-tumor-3d.json")
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="liverseg.training.datasets"):
+        (case,) = _find_cases(dataclasses.replace(recipe, data=[str(tmp_path)], spacing_overrides={"lits-1": [2.0, 1.6, 1.6]}, axes_overrides={}))
+    assert "1.0 mm" not in caplog.text
+    assert case.spacing_override_mm == (2.0, 1.6, 1.6)
+    with caplog.at_level(logging.WARNING, logger="liverseg.training.datasets"):
+        _find_cases(dataclasses.replace(recipe, data=[str(tmp_path)], spacing_overrides={}, axes_overrides={}))
+    assert "1.0 mm" in caplog.text
 
 
 def test_errors(tmp_path: Path) -> None:

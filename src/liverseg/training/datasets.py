@@ -467,7 +467,8 @@ def _find_manifests(root: Path) -> list[Case]:
 _FINDERS = {"lits": _find_lits, "msd": _find_msd, "ircadb": _find_ircadb, "chaos": _find_chaos, "manifest": _find_manifests}
 
 
-def _warn_unit_spacing(case: Case) -> None:
+def warn_unit_spacing(case: Case) -> None:
+    """Warn when ``case`` is a NIfTI without a spacing override whose header says 1.0 mm everywhere."""
     if case.spacing_override_mm is not None or not _NIFTI_RE.search(case.image_path.name):
         return
     try:
@@ -490,6 +491,7 @@ def find_cases(
     *,
     layout: str = "auto",
     spacing_overrides: Mapping[str, Sequence[float]] | None = None,
+    check_unit_spacing: bool = True,
 ) -> list[Case]:
     """Find the labeled cases under ``root``.
 
@@ -498,6 +500,9 @@ def find_cases(
         layout: one of ``"auto"`` (every layout, recursively), ``"lits"``, ``"msd"``,
             ``"ircadb"``, ``"chaos"``, ``"manifest"``.
         spacing_overrides: case id -> (z, y, x) mm replacing the spacing in the files.
+        check_unit_spacing: warn about NIfTI cases without an override whose header says
+            exactly 1.0 mm on every axis (callers that apply overrides later pass ``False``
+            and call :func:`warn_unit_spacing` themselves).
 
     Returns:
         The cases sorted by id.
@@ -541,7 +546,8 @@ def find_cases(
             f"no labeled case found under {root} (layout {layout!r}); expected LiTS volume-N/segmentation-N, "
             "MSD imagesTr/labelsTr, 3D-IRCADb PATIENT_DICOM/MASKS_DICOM, CHAOS DICOM_anon/Ground or a CSV manifest"
         )
-    for c in cases:
-        _warn_unit_spacing(c)
+    if check_unit_spacing:
+        for c in cases:
+            warn_unit_spacing(c)
     log.info("found %d cases under %s: %s", len(cases), root, ", ".join(c.case_id for c in cases))
     return cases

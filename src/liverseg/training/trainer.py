@@ -281,7 +281,7 @@ def _case_id(case: Any) -> str:
 
 
 def _find_cases(config: TrainConfig) -> list[Any]:
-    from liverseg.training.datasets import find_cases
+    from liverseg.training.datasets import find_cases, warn_unit_spacing
 
     if not config.data:
         raise InputError("no training data given: pass --data PATH (a LiTS / MSD / IRCADb / CHAOS folder or a CSV manifest)")
@@ -291,7 +291,7 @@ def _find_cases(config: TrainConfig) -> list[Any]:
     overrides = {k: tuple(float(s) for s in v) for k, v in config.spacing_overrides.items()}
     cases: dict[str, Any] = {}
     for root in config.data:
-        found = find_cases(root)
+        found = find_cases(root, check_unit_spacing=False)
         for c in found:
             if c.case_id in cases and Path(cases[c.case_id].image_path) != Path(c.image_path):
                 raise InputError(f"two data folders hold a case with id {c.case_id!r}; give each case once")
@@ -305,6 +305,8 @@ def _find_cases(config: TrainConfig) -> list[Any]:
         raise InputError(f"axes_overrides name cases that were not found: {sorted(unknown)}; the cases are {sorted(cases)}")
     out = [cases[k].with_spacing(overrides[k]) if k in overrides else cases[k] for k in sorted(cases)]
     out = [c.with_axes(axes[c.case_id]) if c.case_id in axes else c for c in out]
+    for c in out:
+        warn_unit_spacing(c)
     if not out:
         raise InputError(f"no labelled cases found in {config.data}; see docs for the supported layouts")
     return out

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from liverseg.models.baselines import BASELINE_CONFIGS, build_baseline
 from liverseg.models.nnformer import NNFormer
 
 __all__ = ["MODEL_CONFIGS", "MODEL_INPUT_SIZES", "build_model"]
@@ -100,6 +101,9 @@ MODEL_INPUT_SIZES: dict[str, tuple[int, ...]] = {
 def build_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered nnFormer, with ``overrides`` replacing registry kwargs.
 
+    A name in :data:`liverseg.models.baselines.BASELINE_CONFIGS` (``"unet-3d-baseline"``)
+    builds that convolutional baseline instead, for controlled comparisons.
+
     Raises:
         ValueError: ``name`` is not registered (the message lists the names), or the
             resulting arguments are invalid (the reason from :class:`NNFormer`).
@@ -108,8 +112,11 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
         >>> net = build_model("nnformer-liver-3d", deep_supervision=True)
         >>> net = build_model("nnformer-liver-2d", in_channels=3)
     """
+    if name in BASELINE_CONFIGS:
+        return build_baseline(name, **overrides)
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODEL_CONFIGS))}")
+        names = sorted(MODEL_CONFIGS) + sorted(BASELINE_CONFIGS)
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(names)}")
     kwargs = copy.deepcopy(MODEL_CONFIGS[name])
     kwargs.update(overrides)
     return NNFormer(**kwargs)

@@ -40,7 +40,7 @@ from liverseg.errors import InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.io.volume import Volume
 from liverseg.models.bundle import ModelBundle, Stage, load_bundle
-from liverseg.preprocessing.resample import resample_to_shape, resampled_shape
+from liverseg.preprocessing.resample import resample_to_shape, resampled_shape, resize_slices
 
 __all__ = ["Prediction", "Predictor", "ProgressCallback", "pseudo_hu_from_window"]
 
@@ -504,9 +504,13 @@ class Predictor:
                 target = (1, *target[1:])
         x = resample_to_shape(torch.from_numpy(np.ascontiguousarray(hu, np.float32)), target, order=1)
         x = torch.from_numpy(plan.normalize(x.numpy()))[None, None].to(self.device)  # (1, 1, z, y, x)
+        roi_size = tuple(plan.patch_size[-nd:])
+        slice_size: tuple[int, ...] | None = None
         if nd == 2:
             x = x[:, :, 0]  # (1, 1, y, x)
-        roi_size = tuple(plan.patch_size[-nd:])
+            if plan.spacing_mm is None:  # a 2D plan on the pixel grid: the whole slice resized to the patch, as trained
+                slice_size = tuple(x.shape[2:])
+                x = resize_slices(x, roi_size)
         net = self._net(kind, bundle, stage)
         flips = _mirror_axes(nd, self.tta)
         total = max(1, _n_windows(x.shape[2:], roi_size, self.overlap) * len(flips))
@@ -531,6 +535,8 @@ class Predictor:
             acc = p if acc is None else acc.add_(p)
         assert acc is not None
         acc /= len(flips)
+        if slice_size is not None:
+            acc = resize_slices(acc, slice_size)
         probs = acc[0]
         if nd == 2:
             probs = probs[:, None]  # (C, 1, y, x)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resampled_shape", "resample_array", "resample_to_shape"]
+__all__ = ["resampled_shape", "resample_array", "resample_to_shape", "resize_slices"]
 
 
 def resampled_shape(shape: Sequence[int], spacing_from: Sequence[float], spacing_to: Sequence[float]) -> tuple[int, ...]:
@@ -60,3 +60,18 @@ def resample_array(
     """Resample a (D, H, W) or (C, D, H, W) array from ``spacing_from`` to ``spacing_to`` (mm, z, y, x)."""
     spatial = array.shape[-3:]
     return resample_to_shape(array, resampled_shape(spatial, spacing_from, spacing_to), order=order)
+
+
+def resize_slices(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize (B, C, H, W) slices to ``size`` (H, W) pixels the way the 2D models see them.
+
+    Bilinear, ``align_corners=False``, antialiased when any side shrinks. This is the one
+    definition of the 2D convention: training (``PatchDataset``), validation and the
+    Predictor all resize a whole axial slice to the plan's patch with it, and resize the
+    network's output back to the slice with it.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    down = any(a > b for a, b in zip(x.shape[2:], size))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liverseg.preprocessing import Plan
+from liverseg.preprocessing import Plan, resize_slices
 from liverseg.training.augment import Augmenter, center_crop
 from liverseg.training.cache import CachedCase
 from liverseg.training.synthetic_tumors import SyntheticTumors
@@ -247,9 +247,7 @@ class PatchDataset(torch.utils.data.Dataset):
         image, label, painted = self._paint(image, label, case.spacing_mm, spec, near, rng, case.merged_tumor)
         size = self.plan.patch_size
         if tuple(image.shape[1:]) != size:
-            t = torch.from_numpy(image)[None]  # (1, 1, H, W)
-            down = any(a > b for a, b in zip(image.shape[1:], size))
-            image = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=down)[0, 0].numpy()
+            image = resize_slices(torch.from_numpy(image)[None], size)[0, 0].numpy()  # (1, 1, H, W) in
             lt = torch.from_numpy(label.astype(np.float32))[None]
             label = F.interpolate(lt, size=size, mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
         else:

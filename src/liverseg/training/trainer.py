@@ -42,11 +42,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from liverseg.errors import InputError, TrainingError
 from liverseg.preprocessing.plan import Plan
+from liverseg.preprocessing.resample import resize_slices
 from liverseg.training.config import OptimizerConfig, StageConfig, TrainConfig
 from liverseg.training.distributed import (
     DistInfo,
@@ -433,14 +433,8 @@ def validate(
                     preds = []
                     size = tuple(x.shape[1:])
                     for z0 in range(0, x.shape[0], 8):
-                        xs = x[z0 : z0 + 8, None].to(device)
-                        if size != roi:
-                            down = any(a > b for a, b in zip(size, roi))
-                            xs = F.interpolate(xs, size=roi, mode="bilinear", align_corners=False, antialias=down)
-                        out = model(xs).float()
-                        if size != roi:
-                            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-                        preds.append(out.argmax(1).cpu())
+                        out = model(resize_slices(x[z0 : z0 + 8, None].to(device), roi)).float()
+                        preds.append(resize_slices(out, size).argmax(1).cpu())
                     pred = torch.cat(preds).numpy()
                 else:
                     out = sliding_window_inference(x[None, None].to(device), roi, 1, model, overlap=overlap, mode="gaussian")

@@ -16,8 +16,8 @@ from liverseg.models.bundle import bundled_models_dir, load_bundle
 
 BUNDLES = {"liver-tumor-3d": "3d", "liver-tumor-2d": "2d"}
 #: held-out 3D-IRCADb 1.17, end to end (benchmarks/evaluate_bundle.py), minus a margin
-FLOOR_3D = {"liver": 0.0, "tumor": 0.0}
-FLOOR_2D_LIVER = 0.0
+FLOOR_3D = {"liver": 0.85, "tumor": 0.12}  # measured 0.869 / 0.167
+FLOOR_2D_LIVER = 0.85  # measured 0.894 on these 4 slices
 
 
 @pytest.mark.parametrize("name,kind", sorted(BUNDLES.items()))

@@ -40,6 +40,7 @@ from liverseg.errors import InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.io.volume import Volume
 from liverseg.models.bundle import ModelBundle, Stage, load_bundle
+from liverseg.preprocessing.orientation import Reorientation
 from liverseg.preprocessing.resample import resample_to_shape, resampled_shape, resize_slices
 
 __all__ = ["Prediction", "Predictor", "ProgressCallback", "pseudo_hu_from_window"]
@@ -350,6 +351,17 @@ class Predictor:
         """
         if not isinstance(volume, Volume):
             raise TypeError(f"volume must be a liverseg.io.Volume; got {type(volume).__name__}")
+        if not volume.is_2d:
+            reorient = Reorientation.from_direction(volume.direction)
+            if not reorient.is_identity:  # the networks see the canonical (DICOM axial) axis order
+                canonical = reorient.apply_volume(volume)
+                pred = self.predict(canonical, progress=progress, return_probabilities=return_probabilities)
+                return dataclasses.replace(
+                    pred,
+                    labels=volume.with_array(reorient.invert(pred.labels.array), is_hu=False, modality="SEG"),
+                    probabilities=None if pred.probabilities is None else reorient.invert(pred.probabilities),
+                    roi=reorient.invert_roi(pred.roi, canonical.shape),
+                )
         report = progress or (lambda step, fraction: None)
         t_start = time.perf_counter()
         timings: dict[str, float] = {}

@@ -45,6 +45,10 @@ class ArchiveError(InputError):
     """A zip archive is unsafe (paths outside the target, links, a zip bomb) or unreadable."""
 
 
+class UnsafeReferenceError(InputError):
+    """A file names another file outside its own folder (a MetaImage/NRRD header's voxel file), or a missing one."""
+
+
 class NoImagesError(InputError):
     """A folder or archive holds no image liverseg can read."""
 

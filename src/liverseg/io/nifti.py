@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from liverseg.errors import CorruptFileError, DimensionError
+from liverseg.io.detached import check_detached_data
 from liverseg.io.volume import Volume
 
 __all__ = ["read_nifti", "read_itk_image", "MAX_VOXELS", "MAX_AXIS"]
@@ -151,13 +152,18 @@ def read_nifti(path: str | Path) -> Volume:
 def read_itk_image(path: str | Path, *, fmt: str) -> Volume:
     """Read an MHA/MHD or NRRD file through SimpleITK (size checked before reading voxels).
 
+    A detached voxel file (``ElementDataFile``, NRRD ``data file``) is read only when it lies
+    inside the header's own folder (:func:`liverseg.io.detached.check_detached_data`).
+
     Raises:
+        UnsafeReferenceError: the header names a voxel file outside its folder, or a missing one.
         DimensionError: 1D, 4D or absurd sizes, or more than one component per voxel.
         CorruptFileError: the file cannot be read.
     """
     import SimpleITK as sitk
 
     path = Path(path)
+    check_detached_data(path, fmt=fmt)  # before SimpleITK follows a header's path anywhere
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

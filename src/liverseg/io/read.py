@@ -70,7 +70,8 @@ def _read_dicom(
 
 
 def _single_volume_file(root: Path) -> Path | None:
-    found = [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".mha", ".nrrd"))]
+    suffixes = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+    found = [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)]
     return found[0] if len(found) == 1 else None
 
 

@@ -74,6 +74,20 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         "window_size": ((4, 4, 4), (4, 4, 4), (4, 6, 6), (2, 3, 3)),
         "drop_path_rate": 0.0,
     },
+    # One-stage liver + tumor model on a 2.5 mm isotropic grid, 80 × 96 × 96 crops (200 × 240 × 240 mm:
+    # the whole liver with the heart, stomach, spleen and kidneys around it): 5 × 10 × 10 mm tokens,
+    # windows that tile each stage's map exactly, the last two stages global.
+    "nnformer-liver-3d-iso": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "num_classes": 3,
+        "embed_dim": 32,
+        "depths": (2, 2, 2, 2),
+        "num_heads": (1, 2, 4, 8),
+        "patch_size": (2, 4, 4),
+        "window_size": ((4, 4, 4), (4, 4, 4), (5, 6, 6), (5, 3, 3)),
+        "drop_path_rate": 0.1,
+    },
     # Single 256 × 256 abdominal-window slices: the same blocks with 2D windows.
     "nnformer-liver-2d": {
         "spatial_dims": 2,
@@ -94,6 +108,7 @@ MODEL_INPUT_SIZES: dict[str, tuple[int, ...]] = {
     "nnformer-brats": (128, 128, 128),
     "nnformer-liver-3d": (64, 128, 128),
     "nnformer-liver-3d-coarse": (64, 96, 96),
+    "nnformer-liver-3d-iso": (80, 96, 96),
     "nnformer-liver-2d": (256, 256),
 }
 

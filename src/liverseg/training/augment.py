@@ -7,6 +7,12 @@ reproducible from (seed, epoch, index):
   (``RandAffine``) or optional elastic deformation (``Rand3DElastic``/``Rand2DElastic``),
   which also cut the centre patch out of the slightly larger crop, then mirroring
   (``RandFlip``) along each axis;
+* :meth:`Augmenter.contrast_phase` (optional) on the HU patch, with its labels: other
+  contrast phases and scanners. Enhancing soft tissue (liver, spleen, vessels, kidneys) is
+  scaled about 40 HU by a monotone, continuous curve (from near non-contrast to a bright
+  arterial-like phase), the liver (with its lesions) is shifted against its neighbours
+  through a smooth mask (fatty or poorly enhancing livers, no sharp edge at the label's
+  outline for the network to learn), and the whole scan is offset by a few HU;
 * :meth:`Augmenter.intensity` on the z-scored patch, nnU-Net's recipe: Gaussian noise,
   Gaussian blur, brightness, contrast (scaling about the mean), gamma and simulated low
   resolution (``RandSimulateLowResolution``).
@@ -63,6 +69,14 @@ class Augmenter:
         elastic_probability: ... on this share of samples.
         mirror: flip each axis with probability 0.5.
         intensity: apply the intensity transforms.
+        contrast_phase: enable :meth:`contrast_phase` (otherwise it returns its input).
+        phase_probability: chance of the soft-tissue enhancement curve per sample.
+        enhancement_scale: (lowest, highest) factor on soft-tissue HU above 40 HU; 0.35
+            makes a portal-venous liver (~110 HU) and vessels (~180 HU) look nearly
+            non-contrast (~65 / ~90 HU).
+        liver_shift_probability: chance of shifting the liver against its surroundings ...
+        liver_shift_hu: ... by a value drawn from this range (HU).
+        global_shift_hu: largest offset of the whole patch (HU; scanner calibration).
 
     >>> aug = Augmenter(patch_size=(16, 32, 32))
     >>> aug.region_size
@@ -80,11 +94,18 @@ class Augmenter:
         elastic_probability: float = 0.2,
         mirror: bool = True,
         intensity: bool = True,
+        contrast_phase: bool = False,
+        phase_probability: float = 0.5,
+        enhancement_scale: tuple[float, float] = (0.35, 1.3),
+        liver_shift_probability: float = 0.3,
+        liver_shift_hu: tuple[float, float] = (-45.0, 25.0),
+        global_shift_hu: float = 20.0,
     ) -> None:
         ps = tuple(int(p) for p in patch_size)
         if len(ps) not in (2, 3) or min(ps) < 1:
             raise ValueError(f"patch_size must be 2 or 3 positive sizes; got {patch_size}")
-        for name, p in (("spatial_probability", spatial_probability), ("elastic_probability", elastic_probability)):
+        for name, p in (("spatial_probability", spatial_probability), ("elastic_probability", elastic_probability),
+                        ("phase_probability", phase_probability), ("liver_shift_probability", liver_shift_probability)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]; got {p}")
         lo, hi = scale_range
@@ -97,6 +118,16 @@ class Augmenter:
         self.elastic_probability = float(elastic_probability)
         self.mirror = bool(mirror)
         self.use_intensity = bool(intensity)
+        if not 0 < enhancement_scale[0] <= enhancement_scale[1]:
+            raise ValueError(f"enhancement_scale must be (low, high) with 0 < low <= high; got {enhancement_scale}")
+        if not liver_shift_hu[0] <= liver_shift_hu[1] or global_shift_hu < 0:
+            raise ValueError("liver_shift_hu must be (low, high) with low <= high and global_shift_hu >= 0 (HU)")
+        self.use_contrast_phase = bool(contrast_phase)
+        self.phase_probability = float(phase_probability)
+        self.enhancement_scale = (float(enhancement_scale[0]), float(enhancement_scale[1]))
+        self.liver_shift_probability = float(liver_shift_probability)
+        self.liver_shift_hu = (float(liver_shift_hu[0]), float(liver_shift_hu[1]))
+        self.global_shift_hu = float(global_shift_hu)
         rot_in, rot_out = (math.radians(r) for r in rotation_deg)
         keys = ["image", "label"]
         # MONAI's scale_range is added to 1 (a zoom factor of 1 + s; > 1 shows a smaller field)
@@ -170,6 +201,45 @@ class Augmenter:
             self._flips.set_random_state(seed=int(rng.integers(2**31)))
             d = self._flips(d)
         return _plain(d["image"]), _plain(d["label"])
+
+    def contrast_phase(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Another contrast phase / scanner, in HU: enhancement curve, liver shift, global offset.
+
+        Args:
+            image: (1, *patch) float32 HU.
+            label: (1, *patch) labels (liver = label > 0, lesions included).
+            rng: source of the random draws.
+
+        The curve maps HU ``h`` to ``40 + (h - 40) · s`` between 40 and 350 HU and stays
+        continuous and monotone outside (fat, air and bone keep their values; bone above
+        350 HU is stretched back to its own range by 1000 HU), so no tissue changes order.
+
+        >>> aug = Augmenter(patch_size=(4, 4, 4), contrast_phase=True, phase_probability=1.0,
+        ...                 liver_shift_probability=0.0, global_shift_hu=0.0, enhancement_scale=(0.5, 0.5))
+        >>> img = torch.tensor([-100.0, 40.0, 140.0, 350.0, 1000.0]).reshape(1, 5, 1, 1)
+        >>> aug.contrast_phase(img, torch.zeros_like(img), np.random.default_rng(0)).flatten().tolist()
+        [-100.0, 40.0, 90.0, 195.0, 1000.0]
+        """
+        if not self.use_contrast_phase:
+            return image
+        x = image.numpy().astype(np.float32, copy=True)
+        if rng.random() < self.phase_probability:
+            s = float(rng.uniform(*self.enhancement_scale))
+            lo, hi, top = 40.0, 350.0, 1000.0
+            knee = lo + (hi - lo) * s  # where 350 HU goes
+            x = np.interp(x, [-2000.0, lo, hi, top, 4000.0], [-2000.0, lo, knee, top, 4000.0]).astype(np.float32)
+            # np.interp clamps outside its knots: keep values beyond them as they were
+            x = np.where(image.numpy() > 4000.0, image.numpy(), x)
+        if rng.random() < self.liver_shift_probability:
+            from scipy import ndimage
+
+            liver = label.numpy()[0] > 0.5
+            if liver.any():
+                soft = ndimage.gaussian_filter(liver.astype(np.float32), sigma=1.5)
+                x[0] += float(rng.uniform(*self.liver_shift_hu)) * soft
+        if self.global_shift_hu > 0:
+            x += float(rng.uniform(-self.global_shift_hu, self.global_shift_hu))
+        return torch.from_numpy(x)
 
     def intensity(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Noise, blur, brightness, contrast, low resolution and gamma on a z-scored (1, *patch) image."""

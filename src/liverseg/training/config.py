@@ -25,7 +25,8 @@ from liverseg.errors import InputError
 
 __all__ = ["OptimizerConfig", "StageConfig", "TrainConfig", "load_config"]
 
-_PLAN_KEYS = {"spacing_mm", "clip_hu", "mean_hu", "std_hu", "patch_size", "batch_size", "memory_budget_mb", "dims"}
+_PLAN_KEYS = {"spacing_mm", "clip_hu", "mean_hu", "std_hu", "patch_size", "batch_size", "memory_budget_mb", "dims",
+              "input_kind", "display_window_hu"}
 
 
 def _check_keys(cls: type, d: Mapping[str, Any], where: str) -> None:
@@ -100,9 +101,24 @@ class StageConfig:
         tumor_fraction: share of patches centred on tumor (where the case has tumor).
         augment: spatial and intensity augmentation on or off.
         elastic: add elastic deformation to the spatial augmentation (slower).
+        contrast_phase: with ``augment``, simulate other contrast phases and scanners in HU
+            (soft-tissue enhancement scaled, the liver brighter or darker than its
+            neighbours, global HU shifts); see ``Augmenter.contrast_phase``.
+        liver_only: how cases with a liver-only mask (no tumor annotation) are taught.
+            ``"marginal"``: liver and tumor probabilities merged inside their liver (the
+            partial-label loss of :mod:`liverseg.training.losses`), so their livers teach
+            nothing about tumor vs liver; ``"tumor_free"``: taught as fully annotated livers
+            with no tumor (the calibration recipe's rule; right for healthy-organ data such as
+            CHAOS and for 3D-IRCADb 7, whose only tumor lies outside the liver).
         liver_only_synthetic_annotated: treat liver-only cases as tumor-free, so patches with
             synthetic tumors painted into them are fully supervised (e.g. healthy CHAOS livers).
         deep_supervision: train with the network's multi-resolution outputs.
+        image_slices: 2D display stages (plan ``input_kind="display"``): real 8-bit slices with
+            masks to train on besides the rendered volumes, as
+            :class:`liverseg.training.slices2d.ImageSliceConfig` keys (``folders``,
+            ``validation_groups``, ``fraction``, ``render``).
+        init_weights: a bundle (name or folder) whose weights for this stage's name start the
+            training instead of a random initialisation (fine-tuning); ``None``: random.
         epochs, iterations_per_epoch, time_budget_minutes, optimizer: per-stage overrides
             of the :class:`TrainConfig` values (``None``: use those).
     """
@@ -120,8 +136,12 @@ class StageConfig:
     tumor_fraction: float = 0.35
     augment: bool = True
     elastic: bool = False
+    contrast_phase: bool = False
+    liver_only: Literal["marginal", "tumor_free"] = "marginal"
     liver_only_synthetic_annotated: bool = False
     deep_supervision: bool = True
+    image_slices: dict[str, Any] | None = None
+    init_weights: str | None = None
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     time_budget_minutes: float | None = None
@@ -132,6 +152,8 @@ class StageConfig:
             raise ValueError(f"stage name must be non-empty, without dots or slashes; got {self.name!r}")
         if self.role not in ("localize", "segment"):
             raise ValueError(f"stage {self.name!r}: role must be 'localize' or 'segment'; got {self.role!r}")
+        if self.liver_only not in ("marginal", "tumor_free"):
+            raise ValueError(f"stage {self.name!r}: liver_only must be 'marginal' or 'tumor_free'; got {self.liver_only!r}")
         if self.roi not in (None, "liver"):
             raise ValueError(f"stage {self.name!r}: roi must be 'liver' or null; got {self.roi!r}")
         unknown = set(self.plan) - _PLAN_KEYS

@@ -88,6 +88,10 @@ class PatchDataset(torch.utils.data.Dataset):
         elastic: add elastic deformation to the spatial augmentation (slower).
         mirror: mirror along each axis (with ``augment``).
         liver_only_synthetic_annotated: see the module docstring.
+        liver_only_tumor_free: liver-only cases count as fully annotated (their livers hold
+            no tumor), so every sample from them is supervised as liver vs tumor.
+        contrast_phase: with ``augment``, change the contrast phase in HU before normalising
+            (:meth:`~liverseg.training.augment.Augmenter.contrast_phase`).
 
     >>> ds = PatchDataset(cached, plan=plan, samples_per_epoch=250,
     ...                   synthetic_tumors=SyntheticTumors())  # doctest: +SKIP
@@ -109,6 +113,8 @@ class PatchDataset(torch.utils.data.Dataset):
         elastic: bool = False,
         mirror: bool = True,
         liver_only_synthetic_annotated: bool = False,
+        liver_only_tumor_free: bool = False,
+        contrast_phase: bool = False,
     ) -> None:
         if not cases:
             raise ValueError("PatchDataset needs at least one cached case")
@@ -135,8 +141,12 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.liver_only_synthetic_annotated = bool(liver_only_synthetic_annotated)
+        self.liver_only_tumor_free = bool(liver_only_tumor_free)
         self.ndim = len(plan.patch_size)
-        self.augmenter = Augmenter(patch_size=plan.patch_size, elastic=elastic, mirror=mirror) if augment else None
+        self.augmenter = (
+            Augmenter(patch_size=plan.patch_size, elastic=elastic, mirror=mirror, contrast_phase=contrast_phase)
+            if augment else None
+        )
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -197,10 +207,14 @@ class PatchDataset(torch.utils.data.Dataset):
             img, lab = self.augmenter.spatial(img, lab, rng)
         elif tuple(img.shape[1:]) != self.plan.patch_size:
             img, lab = center_crop(img, self.plan.patch_size), center_crop(lab, self.plan.patch_size)
+        if self.augmenter is not None:
+            img = self.augmenter.contrast_phase(img, lab, rng)
         img = torch.from_numpy(self.plan.normalize(img.numpy()))
         if self.augmenter is not None:
             img = self.augmenter.intensity(img, rng)
-        annotated = case.tumor_annotated or (synthetic and self.liver_only_synthetic_annotated)
+        annotated = (
+            case.tumor_annotated or self.liver_only_tumor_free or (synthetic and self.liver_only_synthetic_annotated)
+        )
         return {
             "image": img.float().contiguous(),
             "label": lab.round().to(torch.int64).contiguous(),

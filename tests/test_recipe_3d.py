@@ -1,0 +1,86 @@
+"""The 3D recipe's levers: liver-only cases taught as tumor-free, contrast-phase augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from liverseg.preprocessing import Plan
+from liverseg.testing.phantom import phantom
+from liverseg.training import CachedCase, PatchDataset
+from liverseg.training.augment import Augmenter
+from liverseg.training.cache import _bbox, _sample_coords, _tumor_coords
+from liverseg.training.config import StageConfig
+
+PLAN = Plan(spacing_mm=(2.5, 1.5, 1.5), clip_hu=(-100, 250), mean_hu=90, std_hu=40, patch_size=(16, 32, 32))
+
+
+def _liver_only_case() -> CachedCase:
+    ct, lab = phantom(shape=(24, 64, 64), spacing=(2.5, 1.5, 1.5), lesions=(), seed=1)
+    rng = np.random.default_rng(0)
+    label = lab.array
+    return CachedCase(
+        case_id="h", image=ct.array, label=label, spacing_mm=(2.5, 1.5, 1.5), tumor_annotated=False,
+        liver_bbox=_bbox(label > 0), tumor_bbox=None,
+        liver_coords=_sample_coords(label > 0, rng, 5000), tumor_coords=_tumor_coords(label == 2, rng, 5000),
+    )
+
+
+def test_liver_only_cases_are_supervised_as_tumor_free_when_asked() -> None:
+    case = _liver_only_case()
+    marginal = PatchDataset([case], plan=PLAN, samples_per_epoch=8, augment=False, seed=0)
+    tumor_free = PatchDataset([case], plan=PLAN, samples_per_epoch=8, augment=False, seed=0, liver_only_tumor_free=True)
+    assert not any(bool(marginal[i]["tumor_annotated"]) for i in range(8))
+    assert all(bool(tumor_free[i]["tumor_annotated"]) for i in range(8))
+    assert torch.equal(marginal[3]["image"], tumor_free[3]["image"])  # only the supervision changes
+
+
+def test_stage_config_checks_liver_only() -> None:
+    assert StageConfig(name="net", architecture="nnformer-liver-3d", liver_only="tumor_free").liver_only == "tumor_free"
+    with pytest.raises(ValueError, match="liver_only must be 'marginal' or 'tumor_free'"):
+        StageConfig(name="net", architecture="nnformer-liver-3d", liver_only="healthy")
+
+
+def _hu_ramp() -> tuple[torch.Tensor, torch.Tensor]:
+    hu = torch.linspace(-1024, 1500, 16 * 32 * 32).reshape(1, 16, 32, 32)
+    return hu, torch.zeros_like(hu)
+
+
+def test_contrast_phase_is_off_unless_enabled() -> None:
+    hu, lab = _hu_ramp()
+    assert Augmenter(patch_size=(16, 32, 32)).contrast_phase(hu, lab, np.random.default_rng(0)) is hu
+
+
+@pytest.mark.parametrize("scale", [0.35, 1.3])
+def test_contrast_curve_is_monotone_and_keeps_air_fat_and_bone(scale) -> None:
+    hu, lab = _hu_ramp()
+    aug = Augmenter(patch_size=(16, 32, 32), contrast_phase=True, phase_probability=1.0, liver_shift_probability=0.0,
+                    global_shift_hu=0.0, enhancement_scale=(scale, scale))
+    out = aug.contrast_phase(hu, lab, np.random.default_rng(0)).flatten()
+    x = hu.flatten()
+    assert torch.all(out[1:] >= out[:-1])  # no tissue changes order
+    keep = (x <= 40) | (x >= 1000)
+    assert torch.allclose(out[keep], x[keep], atol=1e-3)
+    portal_liver = torch.argmin((x - 110).abs())
+    assert out[portal_liver] == pytest.approx(40 + 70 * scale, abs=1.0)
+
+
+def test_liver_shift_moves_the_liver_not_the_far_background() -> None:
+    hu = torch.full((1, 16, 32, 32), 100.0)
+    lab = torch.zeros_like(hu)
+    lab[0, 4:12, 8:24, 8:24] = 1
+    aug = Augmenter(patch_size=(16, 32, 32), contrast_phase=True, phase_probability=0.0, liver_shift_probability=1.0,
+                    liver_shift_hu=(-40.0, -40.0), global_shift_hu=0.0)
+    out = aug.contrast_phase(hu, lab, np.random.default_rng(0))
+    assert out[0, 8, 16, 16] == pytest.approx(60.0, abs=0.5)  # deep inside the liver: the full shift
+    assert out[0, 0, 0, 0] == pytest.approx(100.0, abs=1e-3)  # far away: untouched
+    edge = out[0, 8, 16, 7:10]  # across the outline: a smooth ramp, not a step
+    assert 60.5 < float(edge[1]) < 99.5 or 60.5 < float(edge[0]) < 99.5
+
+
+def test_contrast_phase_rejects_bad_ranges() -> None:
+    with pytest.raises(ValueError, match="enhancement_scale"):
+        Augmenter(patch_size=(8, 8, 8), enhancement_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="phase_probability"):
+        Augmenter(patch_size=(8, 8, 8), phase_probability=1.5)

@@ -6,7 +6,8 @@
 """
 
 from liverseg.analysis import metrics
+from liverseg.analysis.confidence import TumorProbability
 from liverseg.analysis.evaluate import evaluate_folders, format_summary
 from liverseg.analysis.lesions import LIVER_VOLUME_NOTE, Analysis, Flag, Lesion, analyze
 
-__all__ = ["Analysis", "Flag", "Lesion", "analyze", "evaluate_folders", "format_summary", "metrics", "LIVER_VOLUME_NOTE"]
+__all__ = ["Analysis", "Flag", "Lesion", "TumorProbability", "analyze", "evaluate_folders", "format_summary", "metrics", "LIVER_VOLUME_NOTE"]

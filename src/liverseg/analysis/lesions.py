@@ -35,6 +35,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist, squareform
 from skimage import measure
 
+from liverseg.analysis.confidence import LOW_CONFIDENCE, TumorProbability, confidence_level
 from liverseg.io.volume import Volume
 
 __all__ = ["Analysis", "Flag", "Lesion", "analyze", "LIVER_VOLUME_NOTE", "RECIST_MIN_DIAMETER_MM", "THICK_SLICE_MM"]
@@ -93,6 +94,10 @@ class Lesion:
     measurable: bool | None
     is_target_candidate: bool
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: mean tumor probability over the lesion's voxels (0–1), None without the model's probabilities
+    confidence: float | None = None
+    #: ``"high"`` or ``"low"`` (below :data:`liverseg.analysis.confidence.LOW_CONFIDENCE`), or None
+    confidence_level: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -276,13 +281,22 @@ def _check_inputs(labels: Volume, ct: Volume | None) -> np.ndarray:
     return lab
 
 
-def analyze(labels: Volume, ct: Volume | None = None) -> Analysis:
+def analyze(
+    labels: Volume,
+    ct: Volume | None = None,
+    *,
+    tumor_probability: TumorProbability | None = None,
+    flag_below: float = LOW_CONFIDENCE,
+) -> Analysis:
     """Measure the liver and every lesion in a label mask.
 
     Args:
         labels: label Volume (0 background, 1 liver, 2 tumor), spacing in mm (z, y, x) or
             ``None`` (2D PNG/JPEG: nothing in mm then).
         ct: the CT on the same grid, in HU, for the lesions' mean/std HU; optional.
+        tumor_probability: the model's tumor probability on the same grid (from
+            :class:`~liverseg.inference.Prediction`), for each lesion's ``confidence``.
+        flag_below: lesions with a lower confidence are ``"low"`` and never RECIST targets.
 
     Returns:
         An :class:`Analysis`. Volumes in mL, lengths in mm, areas in mm² (and pixels).
@@ -408,8 +422,14 @@ def analyze(labels: Volume, ct: Volume | None = None) -> Analysis:
         sizes = [int(np.count_nonzero(comp[box] == k + 1)) for k, box in enumerate(boxes)]
         order = sorted(range(n_comp), key=lambda k: (-sizes[k], boxes[k][0].start, boxes[k][1].start))
         for k in order:
-            lesions_raw.append(_measure_lesion(comp, k + 1, boxes[k], labels, ct if hu_ok else None, pixel_mm))
-    lesions = _finish_lesions(lesions_raw, spacing, thickness, is_2d, voxel_ml, pixel_mm2, ct_reason, lab.shape[0])
+            raw = _measure_lesion(comp, k + 1, boxes[k], labels, ct if hu_ok else None, pixel_mm)
+            if tumor_probability is not None:
+                values = tumor_probability.dense(boxes[k])
+                raw["confidence"] = round(float(values[comp[boxes[k]] == k + 1].mean()), 4)
+            lesions_raw.append(raw)
+    lesions = _finish_lesions(
+        lesions_raw, spacing, thickness, is_2d, voxel_ml, pixel_mm2, ct_reason, lab.shape[0], flag_below=flag_below
+    )
 
     return Analysis(
         shape=labels.shape,
@@ -494,14 +514,17 @@ def _finish_lesions(
     pixel_mm2: float | None,
     ct_reason: str,
     n_slices: int,
+    *,
+    flag_below: float,
 ) -> list[Lesion]:
     known = spacing is not None
     min_mm = None if thickness is None else max(RECIST_MIN_DIAMETER_MM, 2.0 * thickness if thickness > THICK_SLICE_MM else 0.0)
     measurable: list[bool | None] = []
     for r in raw:
         measurable.append(None if min_mm is None else bool(r["axes"].long_mm >= min_mm - 1e-9))
+    levels = [confidence_level(r.get("confidence"), flag_below=flag_below) for r in raw]
     ranked = sorted(
-        (k for k, m in enumerate(measurable) if m),
+        (k for k, m in enumerate(measurable) if m and levels[k] != "low"),
         key=lambda k: -raw[k]["axes"].long_mm,
     )[:RECIST_TARGETS_PER_ORGAN]
     out: list[Lesion] = []
@@ -520,6 +543,10 @@ def _finish_lesions(
             reasons["short_axis_mm"] = "the lesion is a line on its largest slice; no perpendicular axis"
         if r["mean_hu"] is None:
             reasons["mean_hu"] = reasons["std_hu"] = ct_reason
+        if r.get("confidence") is None:
+            reasons["confidence"] = "no model probabilities for this mask (an edited or imported mask)"
+        elif levels[k] == "low" and measurable[k]:
+            reasons["is_target_candidate"] = f"low confidence (< {flag_below:g}): not chosen as a RECIST target"
         if min_mm is not None and min_mm > RECIST_MIN_DIAMETER_MM:
             reasons["measurable_rule"] = f"slices thicker than {THICK_SLICE_MM:g} mm: minimum {min_mm:g} mm (2 x thickness)"
         touches = (r["slice_range"][0] == 0 or r["slice_range"][1] == n_slices - 1) and not is_2d
@@ -546,6 +573,8 @@ def _finish_lesions(
                 measurable=measurable[k],
                 is_target_candidate=k in ranked,
                 reasons=reasons,
+                confidence=r.get("confidence"),
+                confidence_level=levels[k],
             )
         )
     return out

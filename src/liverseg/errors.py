@@ -59,3 +59,15 @@ class ModelError(LiversegError):
 
 class TrainingError(LiversegError):
     """Training cannot go on (no usable cases, a broken checkpoint)."""
+
+
+class TooLargeError(InputError):
+    """The input is, or would decode to, more than the configured limits allow (HTTP 413)."""
+
+
+class JobCancelledError(LiversegError):
+    """A job was stopped: its study was deleted, or it ran past its time or memory limit."""
+
+
+class ResourceError(LiversegError):
+    """The server lacks a resource right now (its disk is full); not the input's fault (HTTP 507)."""

@@ -36,10 +36,12 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from liverseg.errors import InputError, ModelError
+from liverseg.errors import DimensionError, InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.io.volume import Volume
+from liverseg.io.limits import MAX_STAGE_VOXELS, check_segmentable
 from liverseg.models.bundle import ModelBundle, Stage, load_bundle
+from liverseg.models.bundle import _resolve as _resolve_bundle
 from liverseg.preprocessing.orientation import Reorientation
 from liverseg.preprocessing.resample import resample_to_shape, resampled_shape, resize_slices
 
@@ -193,16 +195,32 @@ class Predictor:
         sw_batch_size: int = 1,
         liver_dilation_mm: float = 3.0,
     ) -> None:
-        if model is None:
-            raise ValueError("model must be a bundled model name, a bundle folder or a ModelBundle")
+        for name, source in (("model", model), ("model_2d", model_2d)):
+            if source is None and name == "model":
+                raise ValueError("model must be a bundled model name, a bundle folder or a ModelBundle")
+            if source is not None and not isinstance(source, (str, os.PathLike, ModelBundle)):
+                raise TypeError(
+                    f"{name} must be a bundled model name (str), a bundle folder (path) or a ModelBundle; "
+                    f"got {type(source).__name__} {source!r}"
+                )
+        if not isinstance(tta, bool):
+            raise TypeError(f"tta must be True or False; got {type(tta).__name__} {tta!r}")
+        for name, value in (("overlap", overlap), ("min_tumor_volume_mm3", min_tumor_volume_mm3),
+                            ("liver_dilation_mm", liver_dilation_mm)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value!r}")
         if not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap must be in [0, 1) (a fraction of the window); got {overlap}")
-        if threads is not None and (int(threads) != threads or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+        if threads is not None and threads > (os.cpu_count() or 1):
+            log.warning("threads=%d is more than the %d CPU cores here (it only slows torch down); using %d",
+                        threads, os.cpu_count() or 1, os.cpu_count() or 1)
+            threads = os.cpu_count() or 1
         if float(min_tumor_volume_mm3) < 0:
             raise ValueError(f"min_tumor_volume_mm3 must be >= 0 mm³; got {min_tumor_volume_mm3}")
-        if float(liver_dilation_mm) < 0:
-            raise ValueError(f"liver_dilation_mm must be >= 0 mm; got {liver_dilation_mm}")
+        if not 0 <= float(liver_dilation_mm) <= 50:
+            raise ValueError(f"liver_dilation_mm must be in 0..50 mm; got {liver_dilation_mm}")
         if engine not in ("torch", "onnx"):
             raise ValueError(f"engine must be 'torch' or 'onnx'; got {engine!r}")
         if int(sw_batch_size) < 1:
@@ -210,6 +228,9 @@ class Predictor:
         self.device = self._resolve_device(device)
         if engine == "onnx" and self.device.type != "cpu":
             raise ValueError("engine='onnx' runs on the CPU only; use engine='torch' with a CUDA device")
+        for source in (model, model_2d):  # ModelError now, not at the first prediction
+            if isinstance(source, (str, os.PathLike)):
+                _resolve_bundle(source)
         self._sources: dict[str, str | os.PathLike[str] | ModelBundle | None] = {"3d": model, "2d": model_2d}
         self.threads = None if threads is None else int(threads)
         self.tta = bool(tta)
@@ -424,6 +445,7 @@ class Predictor:
         arr = volume.array
         if arr.size == 0:
             raise InputError("the image is empty (no voxels)")
+        check_segmentable(volume.shape)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise InputError("the image holds NaN or infinite values; export it again as CT in HU")
         if volume.is_hu:
@@ -514,6 +536,12 @@ class Predictor:
             target = resampled_shape(hu.shape, spacing, plan.spacing_mm)
             if nd == 2:
                 target = (1, *target[1:])
+        if math.prod(target) > MAX_STAGE_VOXELS:  # before the grid is built: its memory is ~50 bytes a voxel
+            raise DimensionError(
+                f"the model's {stage.name} stage would resample this scan to {' x '.join(map(str, target))} voxels "
+                f"at {plan.spacing_mm} mm, more than the {MAX_STAGE_VOXELS / 1e6:.0f} million it is allowed; the "
+                "scan covers far more than an abdomen or its voxel size is wrong: crop it to the abdomen"
+            )
         x = resample_to_shape(torch.from_numpy(np.ascontiguousarray(hu, np.float32)), target, order=1)
         x = torch.from_numpy(plan.normalize(x.numpy()))[None, None].to(self.device)  # (1, 1, z, y, x)
         roi_size = tuple(plan.patch_size[-nd:])

@@ -8,10 +8,12 @@
 from liverseg.io.archive import ArchiveLimits, extract_zip
 from liverseg.io.detect import PathNotFoundError, sniff_format
 from liverseg.io.read import (
+    HeaderSummary,
     describe,
     format_description,
     list_series,
     load_source_datasets,
+    peek_header,
     read_dicom_series,
     read_volume,
 )
@@ -20,6 +22,7 @@ from liverseg.io.write import write_mask, write_volume
 
 __all__ = [
     "ArchiveLimits",
+    "HeaderSummary",
     "PathNotFoundError",
     "Volume",
     "describe",
@@ -27,6 +30,7 @@ __all__ = [
     "format_description",
     "list_series",
     "load_source_datasets",
+    "peek_header",
     "read_dicom_series",
     "read_volume",
     "sniff_format",

@@ -10,19 +10,24 @@ byte budget, so neither a lying header nor a huge member can fill the disk.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from liverseg.errors import ArchiveError, CorruptFileError, NoImagesError
+from liverseg.errors import ArchiveError, CorruptFileError, NoImagesError, ResourceError
 
 __all__ = ["ArchiveLimits", "extract_zip"]
 
 log = logging.getLogger(__name__)
 
 _MiB = 1024 * 1024
+#: Deepest folder nesting of a member accepted (a DICOM export is a few folders deep).
+MAX_MEMBER_DEPTH = 32
+#: Longest member path accepted (bytes, UTF-8).
+MAX_MEMBER_PATH_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +39,10 @@ class ArchiveLimits:
             several-thousand-slice CT.
         max_files: most members (files and folders).
         max_ratio: largest uncompressed/compressed ratio of one member bigger than
-            ``ratio_min_bytes`` (deflate of pure zeros reaches ~1000; DICOM slices ~2-300).
-        ratio_min_bytes: members smaller than this are not ratio-checked (bytes).
+            ``ratio_min_bytes``, and of the whole archive once it expands beyond
+            ``ratio_min_bytes`` in total (deflate of pure zeros reaches ~1000; DICOM slices ~2-300).
+        ratio_min_bytes: members (and archives, in total) smaller than this are not
+            ratio-checked (bytes).
 
     >>> ArchiveLimits(max_total_bytes=1 << 30).max_files
     20000
@@ -68,7 +75,20 @@ def _safe_member_path(name: str) -> PurePosixPath:
             f"the zip holds a path that climbs out of its folder ({name!r}); refusing it as unsafe. "
             "Re-create the archive from the DICOM folder itself"
         )
+    if len(p.parts) > MAX_MEMBER_DEPTH or len(norm.encode("utf-8", "surrogateescape")) > MAX_MEMBER_PATH_BYTES or any(
+        len(part.encode("utf-8", "surrogateescape")) > 255 for part in p.parts
+    ):
+        raise ArchiveError(
+            f"the zip holds a path no file system can store ({len(p.parts)} folders deep, {len(norm)} characters: "
+            f"{_short(name)}); at most {MAX_MEMBER_DEPTH} folders, 255 bytes per name and {MAX_MEMBER_PATH_BYTES} "
+            "bytes in all. Re-create the archive from the DICOM folder itself"
+        )
     return p
+
+
+def _short(name: str, n: int = 60) -> str:
+    """A member name cut for messages."""
+    return repr(name if len(name) <= n else name[: n // 2] + "…" + name[-n // 2:])
 
 
 def check_zip(zf: zipfile.ZipFile, *, limits: ArchiveLimits = ArchiveLimits()) -> list[zipfile.ZipInfo]:
@@ -86,8 +106,27 @@ def check_zip(zf: zipfile.ZipFile, *, limits: ArchiveLimits = ArchiveLimits()) -
         )
     total = 0
     files: list[zipfile.ZipInfo] = []
+    kinds: dict[str, str] = {}  # member path -> "dir" or "file"
     for info in infos:
-        _safe_member_path(info.filename)
+        member = _safe_member_path(info.filename)
+        parts = [q for q in member.parts if q not in ("", ".")]
+        prefixes = ["/".join(parts[: d + 1]) for d in range(len(parts))]
+        clash = next((q for q in prefixes[:-1] if kinds.get(q) == "file"), None)
+        if prefixes and clash is None:
+            last = prefixes[-1]
+            if info.is_dir():
+                clash = last if kinds.get(last) == "file" else None
+            elif last in kinds:
+                clash = last
+        if clash is not None:
+            raise ArchiveError(
+                f"the zip holds {_short(clash)} twice, or both as a file and as a folder, which cannot be "
+                "extracted; re-create the archive from the DICOM folder itself"
+            )
+        for q in prefixes[:-1]:
+            kinds[q] = "dir"
+        if prefixes:
+            kinds[prefixes[-1]] = "dir" if info.is_dir() else "file"
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise ArchiveError(
@@ -111,6 +150,13 @@ def check_zip(zf: zipfile.ZipFile, *, limits: ArchiveLimits = ArchiveLimits()) -
                 f"{info.file_size / _MiB:.0f} MiB), the signature of a zip bomb; refusing to extract it"
             )
         files.append(info)
+    packed = sum(i.compress_size for i in files)
+    if total >= limits.ratio_min_bytes and total > limits.max_ratio * max(packed, 1):
+        raise ArchiveError(
+            f"the zip's {len(files)} files expand {total / max(packed, 1):.0f}-fold in total ({packed} bytes -> "
+            f"{total / _MiB:.0f} MiB; at most {limits.max_ratio:g}-fold is accepted), the signature of a zip bomb; "
+            "refusing to extract it"
+        )
     return files
 
 
@@ -143,8 +189,8 @@ def extract_zip(path: str | Path, dest: str | Path, *, limits: ArchiveLimits = A
             target = (root / _safe_member_path(info.filename)).resolve()
             if root not in target.parents:
                 raise ArchiveError(f"the zip member {info.filename!r} would land outside the extraction folder")
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     left = info.file_size
                     while True:
@@ -159,7 +205,22 @@ def extract_zip(path: str | Path, dest: str | Path, *, limits: ArchiveLimits = A
                                 f"{limits.max_total_bytes / _MiB:.0f} MiB limit; refusing it"
                             )
                         dst.write(chunk)
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceError(
+                        "the server's disk is full; the upload was not stored. Try again later, and tell the "
+                        "server's administrator"
+                    ) from exc
+                if not isinstance(exc, (zipfile.BadZipFile, EOFError)) and exc.errno is not None:
+                    raise ArchiveError(
+                        f"the zip member {_short(info.filename)} cannot be written ({exc.strerror}); re-create the "
+                        "archive from the DICOM folder itself"
+                    ) from exc
+                raise CorruptFileError(
+                    f"the zip member {info.filename!r} cannot be extracted ({type(exc).__name__}: {exc}); "
+                    "the archive is damaged or uses an unsupported compression; re-create it"
+                ) from exc
+            except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
                 raise CorruptFileError(
                     f"the zip member {info.filename!r} cannot be extracted ({type(exc).__name__}: {exc}); "
                     "the archive is damaged or uses an unsupported compression; re-create it"

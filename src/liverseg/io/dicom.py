@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from liverseg.errors import CorruptFileError, DimensionError, NoImagesError, NotCTError, SeriesError, UnsupportedFormatError
-from liverseg.io.nifti import MAX_AXIS, MAX_VOXELS
+from liverseg.io.limits import MAX_AXIS, MAX_VOXELS, check_geometry
 from liverseg.io.volume import Volume
 
 __all__ = ["SeriesInfo", "scan_dicom", "select_series", "read_series", "sort_datasets"]
@@ -285,7 +285,16 @@ def sort_datasets(datasets: Sequence[Any]) -> tuple[list[int], dict[str, Any]]:
             warnings.append("no ImageOrientationPatient: orientation unknown, assumed axial (identity)")
     else:
         row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
-        row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
+        nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+        if not (np.isfinite(nr) and np.isfinite(nc)) or nr < 1e-6 or nc < 1e-6 or abs(np.dot(row, col)) > 0.01 * nr * nc:
+            warnings.append(
+                f"ImageOrientationPatient {iop} is not two perpendicular directions (all zero or damaged): "
+                "orientation unknown, assumed axial (identity)"
+            )
+            row, col = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+            iop = None
+        else:
+            row, col = row / nr, col / nc
     normal = np.cross(row, col)
     for d in datasets[1:]:
         other = _floats(d, "ImageOrientationPatient")
@@ -382,6 +391,21 @@ def _to_grey(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, bool]:
     return arr, False
 
 
+def _rescale(ds: Any, name: str, k: int) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a slice; a zero, negative or non-finite slope is refused."""
+    try:
+        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope", "") != "" else 1)
+        inter = float(ds.get("RescaleIntercept", 0) if ds.get("RescaleIntercept", "") != "" else 0)
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{name}: slice {k + 1} has an unreadable RescaleSlope/RescaleIntercept ({exc})") from exc
+    if not (np.isfinite(slope) and np.isfinite(inter)) or slope <= 0:
+        raise CorruptFileError(
+            f"{name}: slice {k + 1} has RescaleSlope {slope:g} (and intercept {inter:g}); a slope of zero or below "
+            "(it would erase or invert the image) or a non-finite value is not CT. Export the series again"
+        )
+    return slope, inter
+
+
 def read_series(
     files: Sequence[Path], *, name: str = "series", keep_datasets: bool = False, progress: bool = True
 ) -> tuple[Volume, list[Any]]:
@@ -421,7 +445,11 @@ def read_series(
             f"{name}: the headers claim {n} slices of {rows}x{cols} pixels, which liverseg cannot use "
             "(empty, or beyond any CT); the files are damaged"
         )
+    bits = int(datasets[0].get("BitsAllocated", 16) or 16)
+    check_geometry(name, (n, rows, cols), None, itemsize=max(2, bits // 8), what="DICOM headers")
     order, geo = sort_datasets(datasets)
+    if geo["spacing"] is not None:
+        check_geometry(name, (n, rows, cols), geo["spacing"], itemsize=max(2, bits // 8), what="DICOM headers")
     datasets = [datasets[i] for i in order]
     first = datasets[0]
     modality = str(first.get("Modality", "") or "").upper()
@@ -438,13 +466,19 @@ def read_series(
             raise SeriesError(f"{name}: slice {k} decodes to {arr.shape}, not {rows}x{cols}; the file is damaged")
         arr, was_colour = _to_grey(arr, ds)
         colour |= was_colour
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        inter = float(ds.get("RescaleIntercept", 0) or 0)
+        slope, inter = _rescale(ds, name, k)
         if out is None:
             out = np.empty((n, rows, cols), np.int16 if not colour or modality == "CT" else np.float32)
         vals = arr.astype(np.float32) * slope + inter if (slope != 1 or inter != 0 or arr.dtype.kind == "f") else arr
         if out.dtype == np.int16:
-            out[k] = np.clip(np.rint(vals), -32768, 32767)
+            lo, hi = float(np.min(vals)), float(np.max(vals))
+            if lo < -32768 or hi > 32767:
+                raise CorruptFileError(
+                    f"{name}: slice {k + 1}'s RescaleSlope {slope:g} and RescaleIntercept {inter:g} give values "
+                    f"{lo:.0f} to {hi:.0f}, beyond what a CT can hold (-32768 to 32767 HU); the rescale tags are "
+                    "damaged. Export the series again"
+                )
+            out[k] = np.rint(vals)
         else:
             out[k] = vals
         if keep_datasets and "PixelData" in ds:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from liverseg.errors import CorruptFileError, DimensionError
-from liverseg.io.nifti import MAX_AXIS
+import warnings as _warnings
+
+from liverseg.errors import CorruptFileError, DimensionError, NotCTError
+from liverseg.io.limits import check_pixels
 from liverseg.io.volume import Volume
 
 __all__ = ["read_raster"]
@@ -21,22 +23,32 @@ def read_raster(path: str | Path, *, fmt: str) -> Volume:
     ``spacing=None`` and ``is_hu=False``: the file carries neither, and liverseg's 2D
     path expects an abdominal-window 8-bit image.
 
+    The pixel count is checked (:func:`liverseg.io.limits.check_pixels`) before any pixel
+    is decoded, and Pillow's own decompression-bomb check is an error here, not a warning.
+
     Raises:
         CorruptFileError: truncated or undecodable image.
-        DimensionError: an image too large to be a CT slice.
+        DimensionError: an image too large to be a CT slice (a decompression bomb).
+        NotCTError: the pixels are random noise, not a picture of anything.
     """
     from PIL import Image
 
     path = Path(path)
-    try:
-        img = Image.open(path)
-    except Exception as exc:
-        raise CorruptFileError(f"{path.name}: the {fmt.upper()} image cannot be opened ({exc}); the file is damaged") from exc
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DimensionError(f"{path.name}: refused as a decompression bomb ({exc}); a CT slice has about 512 x 512 "
+                                 "pixels") from exc
+        except Exception as exc:
+            raise CorruptFileError(
+                f"{path.name}: the {fmt.upper()} image cannot be opened ({exc}); the file is damaged"
+            ) from exc
     warnings: list[str] = []
     with img:
         w, h = img.size
-        if w < 1 or h < 1 or max(w, h) > MAX_AXIS or w * h > 2**28:
-            raise DimensionError(f"{path.name} claims {w}x{h} pixels, which is not a CT slice; the file is damaged")
+        check_pixels(path.name, w, h)
         if getattr(img, "n_frames", 1) > 1:
             warnings.append(f"the image has {img.n_frames} frames; only the first is read")
         mode = img.mode
@@ -66,6 +78,7 @@ def read_raster(path: str | Path, *, fmt: str) -> Volume:
             raise CorruptFileError(
                 f"{path.name}: the {fmt.upper()} image is truncated or damaged ({exc}); export it again"
             ) from exc
+    _refuse_noise(path.name, arr)
     warnings.append(f"{fmt.upper()} carries no voxel size and no Hounsfield units: nothing is reported in mm")
     return Volume(
         array=arr[None],
@@ -74,3 +87,23 @@ def read_raster(path: str | Path, *, fmt: str) -> Volume:
         is_hu=False,
         metadata={"format": fmt, "warnings": warnings, "image_mode": mode, "modality_assumed": True},
     )
+
+
+def _refuse_noise(name: str, arr: np.ndarray) -> None:
+    """Refuse an image whose neighbouring pixels are uncorrelated: random noise, not a CT slice.
+
+    Any picture of anatomy (even a noisy CT, even JPEG-compressed) has strongly correlated
+    neighbours (correlation > 0.8 on CT slices); uniform random pixels have about 0.
+    """
+    a = np.asarray(arr, np.float64)
+    if a.ndim != 2 or min(a.shape) < 8 or a.std() == 0:
+        return
+    left, right = a[:, :-1].ravel(), a[:, 1:].ravel()
+    up, down = a[:-1, :].ravel(), a[1:, :].ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = max(float(np.corrcoef(left, right)[0, 1]), float(np.corrcoef(up, down)[0, 1]))
+    if np.isfinite(r) and r < 0.2:
+        raise NotCTError(
+            f"{name} looks like random noise, not a CT slice (neighbouring pixels are uncorrelated, r = {r:.2f}); "
+            "give an axial CT slice exported from a viewer"
+        )

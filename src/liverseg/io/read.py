@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from liverseg.io.raster import read_raster
 from liverseg.io.volume import Volume
 
 __all__ = [
+    "HeaderSummary",
+    "peek_header",
     "read_volume",
     "read_dicom_series",
     "load_source_datasets",
@@ -124,6 +127,103 @@ def read_volume(
     for w in vol.metadata["warnings"]:
         log.warning("%s: %s", path.name, w)
     return vol
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderSummary:
+    """What a file's header claims, read without decoding a voxel (:func:`peek_header`).
+
+    Attributes:
+        format: as :func:`~liverseg.io.sniff_format` answers.
+        shape_zyx: voxels (z, y, x); a 2D slice or one DICOM file has z = 1.
+        spacing_mm_zyx: voxel size in mm, or None when the header gives none.
+        decoded_bytes: bytes the voxels take once decoded (as stored: shape x bytes per voxel).
+    """
+
+    format: str
+    shape_zyx: tuple[int, int, int]
+    spacing_mm_zyx: tuple[float, float, float] | None
+    decoded_bytes: int
+
+
+def peek_header(path: str | Path) -> HeaderSummary:
+    """Read only the header of a single image file (NIfTI, MHA/NRRD, PNG/JPEG, one DICOM file).
+
+    Cheap (no voxel is decoded, no decompression beyond the header), so the web app can
+    bound what an upload would make the server allocate before accepting it. The size
+    and geometry are checked as the full readers check them.
+
+    Raises:
+        InputError: any subclass (unreadable header, absurd size or geometry, a detached
+            voxel file outside the header's folder).
+    """
+    import math
+
+    from liverseg.errors import CorruptFileError, UnsupportedFormatError
+    from liverseg.io.detached import check_detached_data
+    from liverseg.io.limits import check_geometry, check_pixels
+    from liverseg.io.nifti import check_dimensions
+
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt in ("nifti", "nifti-gz"):
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:
+            raise CorruptFileError(f"{path.name}: the NIfTI header cannot be read ({exc}); the file is damaged") from exc
+        size = check_dimensions(path.name, tuple(img.shape))
+        item = img.header.get_data_dtype().itemsize
+        zooms = [float(z) for z in img.header.get_zooms()[: len(size)]]
+        shape = tuple((list(size) + [1])[:3][::-1])
+        spacing = tuple((zooms + [1.0])[:3][::-1]) if len(size) == 3 and all(z > 0 for z in zooms) else None
+    elif fmt in ("metaimage", "nrrd"):
+        import SimpleITK as sitk
+
+        check_detached_data(path, fmt=fmt)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise CorruptFileError(f"{path.name}: the {fmt} header cannot be read") from exc
+        size = check_dimensions(path.name, tuple(reader.GetSize()))
+        from liverseg.io.nifti import _itk_itemsizes
+
+        item = _itk_itemsizes().get(reader.GetPixelID(), 8) * max(1, reader.GetNumberOfComponents())
+        shape = tuple((list(size) + [1])[:3][::-1])
+        sp = list(reader.GetSpacing())[: len(size)]
+        spacing = tuple((sp + [1.0])[:3][::-1]) if len(size) == 3 and all(s > 0 for s in sp) else None
+    elif fmt in ("png", "jpeg"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                bands = len(img.getbands())
+        except Exception as exc:
+            raise CorruptFileError(f"{path.name}: the {fmt.upper()} image cannot be opened ({exc})") from exc
+        check_pixels(path.name, w, h)
+        shape, spacing, item = (1, h, w), None, 4 * bands
+    elif fmt == "dicom":
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        except Exception as exc:
+            raise CorruptFileError(f"{path.name} cannot be read as DICOM ({type(exc).__name__})") from exc
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        shape = (frames, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+        item = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8) * max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+        spacing = None
+    else:
+        raise UnsupportedFormatError(f"{path.name}: {fmt} has no single image header to read")
+    if min(shape) < 1:
+        raise CorruptFileError(f"{path.name}: the header gives an image of {shape} voxels (z, y, x); it is damaged")
+    check_geometry(path.name, shape, spacing, itemsize=item)
+    return HeaderSummary(format=fmt, shape_zyx=shape, spacing_mm_zyx=spacing,  # type: ignore[arg-type]
+                         decoded_bytes=int(math.prod(shape)) * int(item))
 
 
 def read_dicom_series(

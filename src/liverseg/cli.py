@@ -108,6 +108,9 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="network runtime (default torch)")
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="MM",
+                   help="pixel size in mm of PNG/JPEG slices (their files do not say it), so areas come out in mm²; "
+                        "without it their sizes are in pixels")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     p.set_defaults(handler=_run_predict)
 
@@ -128,7 +131,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     results = run_cases(args.inputs, args.out, predictor=predictor, overwrite=args.overwrite,
-                        save_probabilities=args.save_probabilities, progress_bar=sys.stderr.isatty() or args.verbose > 0)
+                        save_probabilities=args.save_probabilities, progress_bar=sys.stderr.isatty() or args.verbose > 0,
+                        pixel_size_mm=args.pixel_size)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "bad_input", "failed")}
     sys.stdout.write(
         f"{counts['done']} done, {counts['skipped']} skipped (already done), "

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -103,9 +104,34 @@ def _run_info(
         "timings_s": timings,
         "postprocess": prediction.postprocess,
         "roi_zyx": prediction.roi,
+        "input_path_2d": prediction.input_path_2d,
+        "pixel_size_mm": ct.metadata.get("pixel_size_mm_given"),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "warnings": warnings,
     }
+
+
+def with_pixel_size(ct: Volume, pixel_size_mm: float) -> Volume:
+    """``ct`` with the user's pixel size (mm) when it has no spacing (a PNG/JPEG slice).
+
+    The slice thickness is unknown; it is set to the pixel size, which only matters for the
+    postprocessing's smallest-tumor rule (mm³). An input that states its own spacing keeps it
+    (the given size is ignored, with a warning in ``metadata["warnings"]``).
+
+    Raises:
+        InputError: ``pixel_size_mm`` is not a positive, finite number of mm.
+    """
+    if isinstance(pixel_size_mm, bool) or not isinstance(pixel_size_mm, (int, float)) \
+            or not math.isfinite(pixel_size_mm) or not 0 < pixel_size_mm <= 50:
+        raise InputError(f"the pixel size must be a number of mm in (0, 50], e.g. 0.75; got {pixel_size_mm!r}")
+    meta = dict(ct.metadata)
+    if ct.spacing is not None:
+        meta["warnings"] = [*meta.get("warnings", []), f"the given pixel size ({pixel_size_mm:g} mm) was ignored: "
+                            f"the file states its own spacing {tuple(round(s, 4) for s in ct.spacing)} mm"]
+        return dataclasses.replace(ct, metadata=meta)
+    px = float(pixel_size_mm)
+    meta["pixel_size_mm_given"] = px
+    return dataclasses.replace(ct, spacing=(px, px, px), metadata=meta)
 
 
 def _write_probabilities(path: Path, ct: Volume, probabilities: np.ndarray) -> Path:
@@ -137,6 +163,7 @@ def run_case(
     save_probabilities: bool = False,
     progress: Callable[[str, float], None] | None = None,
     note: str | None = None,
+    pixel_size_mm: float | None = None,
 ) -> dict[str, Any]:
     """Segment one case and write its folder ``out_dir`` (see the module docstring for the files).
 
@@ -149,6 +176,9 @@ def run_case(
         progress: called as ``progress(step, fraction)``, fraction of the whole case (0–1);
             steps ``"read"``, the Predictor's steps, ``"analyze"``, ``"write"``, ``"done"``.
         note: free text stored in report.json (``run.note``).
+        pixel_size_mm: the pixel size (mm) of a PNG/JPEG slice, which the file does not
+            state, so areas come out in mm²; ignored (with a warning) for an input that states
+            its own spacing. ``None``: sizes of such a slice are in pixels.
 
     Returns:
         the content of report.json (``analysis``, ``run``, ``files`` ...).
@@ -172,6 +202,8 @@ def run_case(
     report("read", 0.0)
     t0 = time.perf_counter()
     ct = read_volume(src)
+    if pixel_size_mm is not None:
+        ct = with_pixel_size(ct, pixel_size_mm)
     timings["read"] = time.perf_counter() - t0
 
     prediction = predictor.predict(
@@ -321,6 +353,7 @@ def run_cases(
     overwrite: bool = False,
     save_probabilities: bool = False,
     progress_bar: bool = True,
+    pixel_size_mm: float | None = None,
 ) -> list[CaseResult]:
     """Run :func:`run_case` on every case of ``inputs`` into ``out_root/<case>/``.
 
@@ -335,6 +368,7 @@ def run_cases(
         overwrite: redo cases that are done.
         save_probabilities: also write probabilities.nii.gz.
         progress_bar: a tqdm bar per case on stderr.
+        pixel_size_mm: pixel size (mm) for PNG/JPEG slices (see :func:`run_case`).
 
     Raises:
         ModelError: the model bundle is missing or damaged.
@@ -360,7 +394,7 @@ def run_cases(
 
         try:
             run_case(path, out, predictor=predictor, overwrite=overwrite, save_probabilities=save_probabilities,
-                     progress=update)
+                     progress=update, pixel_size_mm=pixel_size_mm)
             results.append(CaseResult(name, str(path), str(out), "done", seconds=time.perf_counter() - t0))
         except ModelError:
             raise

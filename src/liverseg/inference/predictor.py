@@ -2,7 +2,11 @@
 
 Steps (as nnU-Net's predictor, with the cascade of the bundle):
 
-1. intensities: CT in HU; an 8-bit PNG/JPEG slice (``is_hu`` False) is read as an
+1. intensities: CT in HU. A single slice for a window-invariant 2D bundle (plan
+   ``input_kind="display"``) reaches the network as a 0..1 display image: an 8-bit PNG/JPEG
+   as it is (``p / 255``, whatever window it was exported in), a slice in HU rendered in the
+   plan's ``display_window_hu`` (W400/L40) first; ``Prediction.input_path_2d`` says which.
+   For older HU-input 2D bundles an 8-bit slice (``is_hu`` False) is read as an
    abdominal-window image (W400/L40) and mapped back to pseudo-HU, ``p / 255 · 400 − 160``;
 2. ``localize`` stage (when the bundle has one): resample the whole scan to the stage's
    coarse spacing, normalise with its :class:`~liverseg.preprocessing.Plan`, sliding-window
@@ -81,6 +85,8 @@ class Prediction:
         postprocess: voxel counts of what postprocessing changed.
         roi: the region of interest the segment stage saw, as (start, stop) index pairs (z, y, x)
             on the input grid.
+        input_path_2d: for a single slice, how its intensities reached the 2D network, e.g.
+            ``"8-bit image (window unknown)"`` or ``"HU, rendered W400/L40"``; None for a 3D scan.
     """
 
     labels: Volume
@@ -91,6 +97,7 @@ class Prediction:
     warnings: list[str]
     postprocess: dict[str, int] = dataclasses.field(default_factory=dict)
     roi: list[tuple[int, int]] | None = None
+    input_path_2d: str | None = None
 
 
 def _mirror_axes(nd: int, tta: bool) -> list[tuple[int, ...]]:
@@ -397,8 +404,17 @@ class Predictor:
             self._net(kind, bundle, stage)
         timings["load_model"] = time.perf_counter() - t0
 
-        hu = self._to_hu(volume, warnings)
+        plan_2d = bundle.stages[-1].plan if kind == "2d" else None
+        input_path_2d = None
+        if plan_2d is not None and plan_2d.input_kind == "display":
+            hu, input_path_2d = self._to_display(volume, plan_2d, warnings)  # 0..1 display values, not HU
+        else:
+            hu = self._to_hu(volume, warnings)
+            if kind == "2d":
+                input_path_2d = "HU" if volume.is_hu else "8-bit image read as W400/L40 pseudo-HU"
         spacing = volume.spacing
+        if kind == "2d" and spacing is None:
+            warnings.append("the slice has no pixel size: sizes are in pixels (give the pixel size in mm to get mm²)")
         if spacing is None and kind == "3d":
             warnings.append("the scan has no voxel spacing: it was used at the model's own spacing, and sizes are unknown")
         # no_grad, not inference_mode: the nnFormer caches index/mask tensors per window size, and
@@ -438,6 +454,7 @@ class Predictor:
             warnings=warnings,
             postprocess=post.summary(),
             roi=[(int(s.start), int(s.stop)) for s in roi],
+            input_path_2d=input_path_2d,
         )
 
     @staticmethod
@@ -463,6 +480,35 @@ class Predictor:
             return pseudo_hu_from_window(arr)
         warnings.append("the scan is not marked as CT in HU; its values were used as HU")
         return np.asarray(arr, np.float32)
+
+    def _to_display(self, volume: Volume, plan: Any, warnings: list[str]) -> tuple[np.ndarray, str]:
+        """A single slice as the 0..1 display image a window-invariant 2D network reads, and its path.
+
+        HU (DICOM, a one-slice NIfTI): rendered to 8 bits in ``plan.display_window_hu``. An 8-bit
+        picture: ``p / 255`` as it is. A 16-bit picture without HU: rendered min–max to 8 bits
+        (one of the training windows).
+        """
+        from liverseg.preprocessing.display import display_from_8bit, render_minmax, render_window
+
+        if volume.is_hu:
+            hu = self._to_hu(volume, warnings)
+            width, level = plan.display_window_hu
+            path = f"HU, rendered W{width:g}/L{level:g}"
+            return display_from_8bit(render_window(hu, width_hu=width, level_hu=level)), path
+        arr = volume.array
+        if arr.size == 0:
+            raise InputError("the image is empty (no voxels)")
+        if not np.isfinite(arr).all() or arr.min() < 0:
+            raise InputError(
+                "an image without Hounsfield units must hold display values (8-bit 0–255, or 16-bit); "
+                f"this one has values {arr.min()}–{arr.max()}: export the slice as PNG/JPEG or as DICOM in HU"
+            )
+        if arr.max() > 255:
+            warnings.append("the 16-bit image has no Hounsfield units: it was shown to the model min–max (full range)")
+            return display_from_8bit(render_minmax(arr)), "16-bit image without HU, rendered min–max"
+        warnings.append("the slice has no Hounsfield units: it was read as an 8-bit image in whatever window it was "
+                        "exported (the 2D model is trained on many windows)")
+        return display_from_8bit(arr), "8-bit image (window unknown)"
 
     def _cascade(
         self,

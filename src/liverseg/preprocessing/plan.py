@@ -8,7 +8,7 @@ in the model bundle's ``config.json`` so prediction preprocesses exactly as trai
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,6 +28,12 @@ class Plan:
         std_hu: standard deviation (HU) of the clipped foreground, divided by.
         patch_size: network input size in voxels, (z, y, x) for 3D or (y, x) for 2D.
         batch_size: training batch size.
+        input_kind: ``"hu"`` (the network sees clipped, z-scored HU) or ``"display"``
+            (window-invariant 2D models: the network sees a 0..1 display image, 8-bit / 255;
+            then ``clip_hu``, ``mean_hu`` and ``std_hu`` are in those 0..1 display units,
+            not HU, see :mod:`liverseg.preprocessing.display`).
+        display_window_hu: ``input_kind="display"`` only: (width, level) in HU in which a
+            slice that has HU is rendered to 8 bits before the network (e.g. (400, 40)).
 
     >>> plan = Plan(spacing_mm=(2.5, 1.5, 1.5), clip_hu=(-100.0, 250.0), mean_hu=100.0, std_hu=50.0,
     ...             patch_size=(48, 96, 96))
@@ -41,8 +47,21 @@ class Plan:
     std_hu: float
     patch_size: tuple[int, ...]
     batch_size: int = 2
+    input_kind: Literal["hu", "display"] = "hu"
+    display_window_hu: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.input_kind not in ("hu", "display"):
+            raise ValueError(f"input_kind must be 'hu' or 'display'; got {self.input_kind!r}")
+        if self.input_kind == "display":
+            if self.display_window_hu is None or len(self.display_window_hu) != 2 or not float(self.display_window_hu[0]) > 0:
+                raise ValueError(
+                    "a display plan needs display_window_hu = (width, level) in HU with width > 0, "
+                    f"e.g. (400, 40); got {self.display_window_hu}"
+                )
+            object.__setattr__(self, "display_window_hu", tuple(float(v) for v in self.display_window_hu))
+        elif self.display_window_hu is not None:
+            raise ValueError("display_window_hu is only for input_kind='display'; leave it out of an HU plan")
         if self.spacing_mm is not None:
             sp = tuple(float(s) for s in self.spacing_mm)
             if len(sp) != 3 or min(sp) <= 0:
@@ -70,11 +89,30 @@ class Plan:
         out /= np.float32(self.std_hu)
         return out
 
+    def model_input(self, array: np.ndarray, *, is_hu: bool = True) -> np.ndarray:
+        """What the network sees (float32): HU plans :meth:`normalize` HU; display plans take
+        8-bit display values (``is_hu=False``: ``p / 255``) or render HU in
+        ``display_window_hu`` to 8 bits first (``is_hu=True``), then normalise in display units.
+        """
+        if self.input_kind == "hu":
+            return self.normalize(array)
+        from liverseg.preprocessing.display import display_from_8bit, render_window
+
+        pixels = array
+        if is_hu:
+            width, level = self.display_window_hu  # type: ignore[misc]
+            pixels = render_window(array, width_hu=width, level_hu=level)
+        return self.normalize(display_from_8bit(pixels))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spacing_mm"] = list(self.spacing_mm) if self.spacing_mm is not None else None
         d["clip_hu"] = list(self.clip_hu)
         d["patch_size"] = list(self.patch_size)
+        if self.input_kind == "hu":  # HU plans keep the keys older bundles have
+            del d["input_kind"], d["display_window_hu"]
+        else:
+            d["display_window_hu"] = list(self.display_window_hu)  # type: ignore[arg-type]
         return d
 
     @classmethod
@@ -88,4 +126,6 @@ class Plan:
             d["spacing_mm"] = tuple(d["spacing_mm"])
         d["clip_hu"] = tuple(d["clip_hu"])
         d["patch_size"] = tuple(d["patch_size"])
+        if d.get("display_window_hu") is not None:
+            d["display_window_hu"] = tuple(d["display_window_hu"])
         return cls(**d)

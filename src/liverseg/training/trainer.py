@@ -330,7 +330,7 @@ def _make_plan(config: TrainConfig, stage: StageConfig, cases: list[Any], *, see
     over = dict(stage.plan)
     if config.batch_size is not None:
         over["batch_size"] = config.batch_size
-    fixed = {k: over.pop(k) for k in ("clip_hu", "mean_hu", "std_hu") if k in over}
+    fixed = {k: over.pop(k) for k in ("clip_hu", "mean_hu", "std_hu", "input_kind", "display_window_hu") if k in over}
     for key in ("spacing_mm", "patch_size"):
         if over.get(key) is not None:
             over[key] = tuple(over[key])
@@ -339,8 +339,9 @@ def _make_plan(config: TrainConfig, stage: StageConfig, cases: list[Any], *, see
     fp = fingerprint(cases, seed=seed)
     plan = make_plan(fp, roi=stage.roi, **over)
     if fixed:
-        if "clip_hu" in fixed:
-            fixed["clip_hu"] = tuple(fixed["clip_hu"])
+        for key in ("clip_hu", "display_window_hu"):
+            if fixed.get(key) is not None:
+                fixed[key] = tuple(fixed[key])
         plan = dataclasses.replace(plan, **fixed)
     return plan
 
@@ -372,6 +373,11 @@ def _synthetic(stage: StageConfig, seed: int) -> Any:
 def _patch_dataset(cached: list[Any], stage: StageConfig, plan: Plan, samples: int, seed: int) -> Any:
     from liverseg.training.sampling import PatchDataset
 
+    if plan.input_kind == "display":  # window-invariant 2D: rendered slices + real 8-bit exports
+        from liverseg.training.slices2d import display_slice_dataset
+
+        return display_slice_dataset(cached, stage=stage, plan=plan, samples=samples, seed=seed,
+                                     synthetic_tumors=_synthetic(stage, seed))
     return PatchDataset(
         cached,
         plan=plan,
@@ -387,8 +393,8 @@ def _patch_dataset(cached: list[Any], stage: StageConfig, plan: Plan, samples: i
 
 
 def _cached_arrays(c: Any, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """The case's normalised image (float32) and labels, (z, y, x)."""
-    return plan.normalize(np.asarray(c.image)), np.asarray(c.label)
+    """The case's network input (float32; HU normalised, or rendered for display plans) and labels, (z, y, x)."""
+    return plan.model_input(np.asarray(c.image)), np.asarray(c.label)
 
 
 def _cached_annotated(c: Any) -> bool:
@@ -594,6 +600,15 @@ def _train_stage(
     num_classes = stage.num_classes
     model_kwargs = {**stage.model_kwargs, "num_classes": num_classes}
     model = build_model(stage.architecture, **model_kwargs, deep_supervision=stage.deep_supervision).to(device)
+    if stage.init_weights and not ckpt:
+        from liverseg.models.bundle import load_bundle
+
+        init = load_bundle(stage.init_weights)
+        if stage.name not in init.state_dicts:
+            raise TrainingError(f"init_weights bundle {stage.init_weights!r} has no stage {stage.name!r}; "
+                                f"it has {sorted(init.state_dicts)}")
+        model.load_state_dict(init.state_dicts[stage.name], strict=True)
+        log.info("stage %s starts from bundle %s (sha256 %s)", stage.name, stage.init_weights, init.sha256)
     optimizer = _make_optimizer(opt_cfg, model.parameters())
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -115,7 +115,7 @@ def test_cli_predict_many_inputs_skip_and_overwrite(inputs, tmp_path, tiny_bundl
 def test_cli_predict_bad_arguments_and_models(inputs, tmp_path, tiny_bundle_3d, capsys):
     assert main(["predict", str(inputs["nifti"]), "-o", str(tmp_path), "--overlap", "1.5"]) == 2
     assert "overlap" in capsys.readouterr().err
-    assert main(["predict", str(inputs["nifti"]), "-o", str(tmp_path), "--model", str(tmp_path / "nope")]) == 1
+    assert main(["predict", str(inputs["nifti"]), "-o", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2  # a model that does not exist is bad input
     assert "no model bundle" in capsys.readouterr().err
     # a corrupt input is a bad input (exit 2); the case is listed
     bad = tmp_path / "broken.nii.gz"

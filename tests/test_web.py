@@ -167,12 +167,18 @@ def test_account_creates_api_token(app, client):
 
 
 def test_login_limiter_unit():
+    """Issue 18, item 3: failures back off the client that made them, never the account's owner elsewhere."""
     lim = LoginLimiter(max_failures=2, window_s=60)
     assert lim.retry_after("ada", "1.1.1.1") == 0
     lim.failed("ada", "1.1.1.1")
-    lim.failed("ADA", "2.2.2.2")
-    assert lim.retry_after("ada", "3.3.3.3") > 0
-    lim.succeeded("ada")
+    lim.failed("ADA", "1.1.1.1")
+    assert lim.retry_after("ada", "1.1.1.1") > 0  # this client, this name: wait
+    assert lim.retry_after("ada", "3.3.3.3") == 0  # the owner on another machine: not locked out
+    assert lim.retry_after("bob", "1.1.1.1") == 0  # the same client may still try another name ...
+    for name in ("bob", "carol", "dave", "erin", "frank", "gina"):
+        lim.failed(name, "1.1.1.1")
+    assert lim.retry_after("zoe", "1.1.1.1") > 0  # ... until it failed 4 x max_failures times in all
+    lim.succeeded("ada", "3.3.3.3")
     assert lim.retry_after("ada", "3.3.3.3") == 0
     with pytest.raises(ValueError, match="max_failures"):
         LoginLimiter(max_failures=0)

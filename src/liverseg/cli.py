@@ -19,6 +19,36 @@ log = logging.getLogger("liverseg")
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused with a message)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("info", help="describe what liverseg reads from a scan (format, geometry, HU range, series)")
     p.add_argument("path", help="NIfTI/MHA/NRRD file, DICOM folder or .zip, or a single 2D slice")
@@ -104,8 +134,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                    help="model for single 2D slices: bundled name or bundle folder ('none': refuse slices)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--overlap", type=_finite_float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="network runtime (default torch)")
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
     p.add_argument("--pixel-size", type=float, default=None, metavar="MM",
@@ -116,6 +146,7 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from liverseg.errors import ModelError
     from liverseg.inference import Predictor, run_cases
 
     try:
@@ -128,7 +159,9 @@ def _run_predict(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             engine=args.engine,
         )
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc)) from exc
+    except ModelError as exc:  # at construction only the names are resolved: a model that does not exist
         raise InputError(str(exc)) from exc
     results = run_cases(args.inputs, args.out, predictor=predictor, overwrite=args.overwrite,
                         save_probabilities=args.save_probabilities, progress_bar=sys.stderr.isatty() or args.verbose > 0,
@@ -169,13 +202,17 @@ def _add_serve(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("serve", help="run the web app (waitress) with a local job worker pool")
     p.add_argument("--data-dir", default="liverseg-data", help="SQLite database and study files (default ./liverseg-data)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="jobs run at the same time (default 1)")
     p.add_argument("--model", default=None, help="3D model bundle name or folder (default: the bundled model)")
-    p.add_argument("--max-upload-gb", type=float, default=2.0, help="largest upload in GB (default 2)")
-    p.add_argument("--max-files", type=int, default=5000, help="most files in one upload (default 5000)")
+    p.add_argument("--max-upload-gb", type=_positive_float, default=2.0, help="largest upload in GB (default 2)")
+    p.add_argument("--max-files", type=_positive_int, default=5000, help="most files in one upload (default 5000)")
     p.add_argument("--insecure-cookies", action="store_true",
                    help="send the session cookie over plain HTTP too (LAN without TLS; not needed for 127.0.0.1)")
+    p.add_argument("--job-timeout-s", type=_positive_float, default=1800.0,
+                   help="stop a job after this many seconds (default 1800)")
+    p.add_argument("--job-memory-gb", type=_positive_float, default=6.0,
+                   help="stop a job that grows the server by more than this many GB (default 6)")
     p.set_defaults(handler=_run_serve)
 
 
@@ -184,15 +221,23 @@ def _run_serve(args: argparse.Namespace) -> int:
     from liverseg.web.auth import ensure_admin
     from liverseg.web.server import serve
 
+    from pathlib import Path
+
+    from liverseg.web.auth import write_initial_password
+
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     password = ensure_admin(open_store(args.data_dir))
-    if password is not None:  # shown once, on stdout only (never in the log)
-        sys.stdout.write(f"Created the first user: admin / {password}\nSign in and change it (Account page).\n")
+    if password is not None:  # into a private file: service managers keep stdout in their logs
+        where = write_initial_password(args.data_dir, "admin", password)
+        sys.stdout.write(f"Created the first user 'admin'; its password is in {where} (readable by you only).\n"
+                         "Sign in, change it on the Account page (the file is then deleted).\n")
         sys.stdout.flush()
     sys.stdout.write(f"liverseg: serving on http://{args.host}:{args.port} (Ctrl+C to stop)\n")
     sys.stdout.flush()
     serve(data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers, model=args.model,
           max_upload_bytes=int(args.max_upload_gb * 1024**3), max_files=args.max_files,
-          secure_cookies=not args.insecure_cookies)
+          secure_cookies=not args.insecure_cookies, job_timeout_s=args.job_timeout_s,
+          job_memory_bytes=int(args.job_memory_gb * 1024**3))
     return 0
 
 
@@ -207,8 +252,8 @@ def _add_users(sub: "argparse._SubParsersAction") -> None:
     t.add_argument("name")
     w = us.add_parser("passwd", help="set a user's password (asked for; or one line on stdin)")
     w.add_argument("name")
-    us.add_parser("list", help="list users")
-    for q in (a, t, w):
+    lst = us.add_parser("list", help="list users")
+    for q in (a, t, w, lst):
         q.add_argument("--data-dir", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(handler=_run_users)
 

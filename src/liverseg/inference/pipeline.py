@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import json
 import logging
 import math
@@ -194,6 +195,7 @@ def run_case(
     src = Path(input_path)
     out = Path(out_dir)
     report = progress or (lambda step, fraction: None)
+    _check_output_folder(out)  # before the prediction, not after it
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists; choose another output folder or pass overwrite")
     t_case = time.perf_counter()
@@ -235,8 +237,13 @@ def run_case(
             files["probabilities"] = "probabilities.nii.gz"
         run_info = _run_info(src, ct, prediction, predictor, timings, note)
         if str(ct.metadata.get("format", "")).startswith("dicom"):
-            _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info)
-            files["dicom_seg"] = "seg.dcm"
+            try:
+                _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info)
+                files["dicom_seg"] = "seg.dcm"
+            except (InputError, ValueError) as exc:  # the series' geometry (tilt, gaps): every other output stands
+                (tmp / "seg.dcm").unlink(missing_ok=True)
+                run_info["warnings"].append(f"no DICOM SEG was written: {exc}")
+                run_info["dicom_seg_missing"] = str(exc)
         # the HTML/PDF show the times up to here; report.json gets the final ones below
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case
@@ -257,8 +264,32 @@ def run_case(
     return doc
 
 
+#: The files run_case writes into a case folder; ``overwrite`` replaces these and keeps anything else.
+OUTPUT_NAMES = frozenset({"mask.nii.gz", "mask.png", "probabilities.nii.gz", "seg.dcm", "report.json", "lesions.csv",
+                          "overlay.png", "montage.png", "report.html", "report.pdf"})
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be written (a file, under a file, read-only, a name too long)."""
+    try:
+        if len(out.name.encode("utf-8", "surrogateescape")) > 200:  # its temporary sibling adds 20 characters
+            raise OSError(errno.ENAMETOOLONG, "File name too long", str(out))
+        if out.exists() and not out.is_dir():
+            raise InputError(f"the output {out} is a file, not a folder; choose another output folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.probe-"))
+        probe.rmdir()
+    except OSError as exc:
+        raise InputError(
+            f"the output folder {out} cannot be written ({exc.strerror or exc}); choose another output folder"
+        ) from exc
+
+
 def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out`` (replacing an old one only once the new one is complete)."""
+    """Move the finished temporary folder to ``out`` (replacing an old one only once the new one is complete).
+
+    Files in an old ``out`` that liverseg did not write (not in :data:`OUTPUT_NAMES`) are moved into the new one.
+    """
     old: Path | None = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
@@ -270,6 +301,9 @@ def _publish(tmp: Path, out: Path) -> None:
             os.replace(old, out)
         raise
     if old is not None:
+        for entry in old.iterdir():  # the user's own files in the case folder stay
+            if entry.name not in OUTPUT_NAMES and not (out / entry.name).exists():
+                os.replace(entry, out / entry.name)
         shutil.rmtree(old, ignore_errors=True)
     # mkdtemp makes the folder private (0700); a case folder gets the usual permissions
     umask = os.umask(0)

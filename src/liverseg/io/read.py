@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -167,15 +168,24 @@ def peek_header(path: str | Path) -> HeaderSummary:
     path = Path(path)
     fmt = sniff_format(path)
     if fmt in ("nifti", "nifti-gz"):
+        import gzip
+
         import nibabel as nib
 
-        try:
-            img = nib.load(str(path))
+        try:  # the header alone, whatever the file's name (nibabel's loader goes by the suffix)
+            with (gzip.open(path, "rb") if fmt == "nifti-gz" else open(path, "rb")) as fh:
+                head = fh.read(540)
+            cls = nib.Nifti2Header if head[4:8] in (b"n+2\0", b"ni2\0") else nib.Nifti1Header
+            hdr = cls.from_fileobj(io.BytesIO(head), check=False)
+            shape_xyz = tuple(int(d) for d in hdr.get_data_shape())
+            item = hdr.get_data_dtype().itemsize
+            zooms = [float(z) for z in hdr.get_zooms()]
         except Exception as exc:
-            raise CorruptFileError(f"{path.name}: the NIfTI header cannot be read ({exc}); the file is damaged") from exc
-        size = check_dimensions(path.name, tuple(img.shape))
-        item = img.header.get_data_dtype().itemsize
-        zooms = [float(z) for z in img.header.get_zooms()[: len(size)]]
+            raise CorruptFileError(
+                f"{path.name}: the NIfTI header cannot be read ({type(exc).__name__}); the file is damaged"
+            ) from exc
+        size = check_dimensions(path.name, shape_xyz)
+        zooms = zooms[: len(size)]
         shape = tuple((list(size) + [1])[:3][::-1])
         spacing = tuple((zooms + [1.0])[:3][::-1]) if len(size) == 3 and all(z > 0 for z in zooms) else None
     elif fmt in ("metaimage", "nrrd"):
@@ -196,14 +206,23 @@ def peek_header(path: str | Path) -> HeaderSummary:
         sp = list(reader.GetSpacing())[: len(size)]
         spacing = tuple((sp + [1.0])[:3][::-1]) if len(size) == 3 and all(s > 0 for s in sp) else None
     elif fmt in ("png", "jpeg"):
+        import warnings
+
         from PIL import Image
 
         try:
-            with Image.open(path) as img:
-                w, h = img.size
-                bands = len(img.getbands())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels says it below
+                with Image.open(path) as img:
+                    w, h = img.size
+                    bands = len(img.getbands())
+        except Image.DecompressionBombError as exc:
+            from liverseg.errors import DimensionError
+
+            raise DimensionError(f"{path.name}: refused as a decompression bomb ({exc}); a CT slice has about "
+                                 "512 x 512 pixels") from exc
         except Exception as exc:
-            raise CorruptFileError(f"{path.name}: the {fmt.upper()} image cannot be opened ({exc})") from exc
+            raise CorruptFileError(f"{path.name}: the {fmt.upper()} image cannot be opened ({type(exc).__name__})") from exc
         check_pixels(path.name, w, h)
         shape, spacing, item = (1, h, w), None, 4 * bands
     elif fmt == "dicom":

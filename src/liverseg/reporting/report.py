@@ -82,12 +82,24 @@ def model_info(run_info: dict[str, Any]) -> dict[str, Any]:
     return {"name": m.get("name"), "version": m.get("version"), "sha256": m.get("sha256"), **m}
 
 
+def public_run_info(run_info: dict[str, Any]) -> dict[str, Any]:
+    """``run_info`` without what only the machine that ran it should know: the model bundle's folder.
+
+    A report leaves the server (downloads, the API); the model is named by its name and sha256.
+    """
+    out = dict(run_info)
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "path"}
+    out.pop("model_path", None)
+    return out
+
+
 def report_dict(analysis: Analysis, run_info: dict[str, Any], *, files: dict[str, str] | None = None) -> dict[str, Any]:
     """The content of report.json: ``{"schema", "analysis", "run", "notes", "disclaimer", "files"}``."""
     return {
         "schema": REPORT_SCHEMA,
         "analysis": analysis.to_dict(),
-        "run": run_info,
+        "run": public_run_info(run_info),
         "notes": list(analysis.notes),
         "disclaimer": DISCLAIMER,
         "files": files or {},
@@ -120,9 +132,10 @@ def write_lesions_csv(path: str | Path, analysis: Analysis) -> Path:
                 "short_axis_px": les.short_axis_px,
                 "axial_area_mm2": les.axial_area_mm2,
                 "axial_area_px": les.axial_area_px,
-                "diameter_slice": les.diameter_slice,
-                "slice_first": les.slice_range[0],
-                "slice_last": les.slice_range[1],
+                # slice numbers 1-based, as the page and the PDF show them (voxel indices stay 0-based)
+                "diameter_slice": None if les.diameter_slice is None else les.diameter_slice + 1,
+                "slice_first": les.slice_range[0] + 1,
+                "slice_last": les.slice_range[1] + 1,
                 "mean_hu": les.mean_hu,
                 "std_hu": les.std_hu,
                 "centroid_z_vox": cz,

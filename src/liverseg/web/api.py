@@ -8,10 +8,17 @@ from typing import Any, Callable
 from flask import Blueprint, abort, g, jsonify, request
 
 from liverseg import __version__
-from liverseg.errors import InputError
+from liverseg.errors import InputError, ResourceError
 from liverseg.web.store import Study
-from liverseg.web.uploads import TooManyFilesError
-from liverseg.web.views import OUTPUT_FILES, create_study, ctx, delete_study_files, send_output, study_json
+from liverseg.web.views import (
+    OUTPUT_FILES,
+    create_study,
+    ctx,
+    delete_study_files,
+    send_output,
+    study_json,
+    upload_error_status,
+)
 
 __all__ = ["bp", "openapi_spec"]
 
@@ -48,10 +55,8 @@ def _own(study_id: str) -> Study:
 def create() -> Any:
     try:
         study = create_study(g.user, request.files.getlist("files"), request.form.get("note", ""))
-    except TooManyFilesError as exc:
-        return jsonify(error=str(exc)), 413
-    except InputError as exc:
-        return jsonify(error=str(exc)), 400
+    except (InputError, ResourceError) as exc:
+        return jsonify(error=str(exc)), upload_error_status(exc)
     resp = jsonify(id=study.id, status="queued")
     resp.status_code = 202
     resp.headers["Location"] = f"/api/studies/{study.id}"
@@ -162,7 +167,8 @@ def openapi_spec() -> dict[str, Any]:
                                                              "status": {"type": "string", "enum": ["queued"]}}}}}},
                         "400": e("the content is refused (unknown format, unsafe zip, no DICOM files)"),
                         "401": e("no or unknown token"),
-                        "413": e("too large or too many files"),
+                        "413": e("too large, too many files, or images that would decode to far more than the upload"),
+                        "507": e("the server's disk is full"),
                     },
                 },
                 "get": {

@@ -14,19 +14,23 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from liverseg.web.auth import LoginLimiter
-from liverseg.web.jobs import WorkerPool, shared_factory
+from liverseg.web.auth import INITIAL_PASSWORD_FILE, LoginLimiter
+from liverseg.web.jobs import DEFAULT_JOB_MEMORY_BYTES, DEFAULT_JOB_TIMEOUT_S, WorkerPool, shared_factory
 from liverseg.web.store import Store
 from liverseg.web.uploads import input_path, output_dir
 from liverseg.web.viewer import VolumeCache, load_study_volumes
 
 __all__ = ["create_app", "default_predictor_factory", "WebContext", "open_store", "DEFAULT_MAX_UPLOAD_BYTES",
-           "DEFAULT_MAX_FILES"]
+           "DEFAULT_MAX_FILES", "MAX_NOTE_CHARS"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
 DEFAULT_MAX_FILES = 5000
+#: Longest text form field (bytes): the note and the CSRF token are far shorter.
+MAX_FORM_FIELD_BYTES = 64 * 1024
+#: Longest note kept with a study (characters); a longer one is refused, never cut silently.
+MAX_NOTE_CHARS = 2000
 
 #: Every page satisfies this: scripts and styles only from our own static files.
 CSP = (
@@ -66,6 +70,16 @@ def _secret_key(data_dir: Path) -> bytes:
     return path.read_bytes()
 
 
+def _too_large_message(max_upload_bytes: int, max_files: int) -> str:
+    """What a 413 says: which of the request's limits was passed (size, form fields, a field's length)."""
+    length = request.content_length
+    if length is not None and length > max_upload_bytes:
+        return (f"the upload is too large ({length / 1024**3:.3g} GB): at most {max_upload_bytes / 1024**3:.3g} GB "
+                "per study; upload one series")
+    return (f"the form is too large: at most {max_files} files, and each text field (such as the note) at most "
+            f"{MAX_FORM_FIELD_BYTES // 1024} KiB; the note itself holds at most {MAX_NOTE_CHARS} characters")
+
+
 def default_predictor_factory(model: str | Path | None = None) -> Callable[[], Any]:
     """A factory building ``liverseg.inference.Predictor`` for ``model`` (a bundle name or path; None: the default)."""
 
@@ -78,13 +92,30 @@ def default_predictor_factory(model: str | Path | None = None) -> Callable[[], A
 
 
 def _clean_orphans(data_dir: Path, store: Store) -> None:
-    """Remove half-finished uploads (``tmp/``) and study folders without a database row."""
+    """Remove half-finished uploads (``tmp/``), study folders without a database row, and the
+    temporary output folders (``.output.partial-*``, ``.output.old-*``) of jobs killed while writing."""
     shutil.rmtree(data_dir / "tmp", ignore_errors=True)
     studies = data_dir / "studies"
     if studies.is_dir():
         for d in studies.iterdir():
             if d.is_dir() and store.study(d.name) is None:
                 shutil.rmtree(d, ignore_errors=True)
+            elif d.is_dir():
+                for leftover in d.iterdir():
+                    if leftover.name.startswith((".output.partial-", ".output.old-")):
+                        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _make_private(data_dir: Path) -> None:
+    """The data folder holds password hashes, reports and patients' scans: owner-only (0700 / 0600)."""
+    os.chmod(data_dir, 0o700)
+    for sub in ("studies", "tmp"):
+        (data_dir / sub).mkdir(exist_ok=True)
+        os.chmod(data_dir / sub, 0o700)
+    for name in ("liverseg.sqlite3", "liverseg.sqlite3-wal", "liverseg.sqlite3-shm", "secret_key",
+                 INITIAL_PASSWORD_FILE):
+        if (data_dir / name).exists():
+            os.chmod(data_dir / name, 0o600)
 
 
 def create_app(
@@ -100,6 +131,8 @@ def create_app(
     login_max_failures: int = 5,
     login_window_s: float = 900.0,
     viewer_cache_size: int = 4,
+    job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
+    job_memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
     **config: Any,
 ) -> Flask:
     """Build the liverseg web app over the data folder ``data_dir``.
@@ -116,6 +149,8 @@ def create_app(
             http://127.0.0.1 and http://localhost as secure); False for plain-HTTP LAN use.
         login_max_failures, login_window_s: failed logins allowed per user name in the window.
         viewer_cache_size: studies whose volumes stay in memory for the slice viewer.
+        job_timeout_s: a job running longer is stopped and failed with the reason (seconds; None: no limit).
+        job_memory_bytes: a job growing the process by more is stopped and failed (bytes; None: no limit).
         **config: further Flask config keys (e.g. ``TESTING=True``).
 
     >>> app = create_app(data_dir="liverseg-data", start_workers=False)  # doctest: +SKIP
@@ -125,15 +160,17 @@ def create_app(
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1; got {value}")
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_store(data_dir)
     _clean_orphans(data_dir, store)
+    _make_private(data_dir)
 
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
         SECRET_KEY=_secret_key(data_dir),
         MAX_CONTENT_LENGTH=int(max_upload_bytes),
         MAX_FORM_PARTS=int(max_files) + 16,
+        MAX_FORM_MEMORY_SIZE=MAX_FORM_FIELD_BYTES,
         SESSION_COOKIE_NAME="liverseg_session",
         SESSION_COOKIE_SECURE=bool(secure_cookies),
         SESSION_COOKIE_HTTPONLY=True,
@@ -148,7 +185,8 @@ def create_app(
     app.debug = False
 
     factory = shared_factory(predictor_factory or default_predictor_factory(model))
-    pool = WorkerPool(store=store, data_dir=data_dir, predictor_factory=factory, workers=int(workers))
+    pool = WorkerPool(store=store, data_dir=data_dir, predictor_factory=factory, workers=int(workers),
+                      timeout_s=job_timeout_s, memory_bytes=job_memory_bytes)
 
     def load(study_id: str) -> Any:
         return load_study_volumes(input_path(data_dir, study_id), output_dir(data_dir, study_id) / "mask.nii.gz")
@@ -200,7 +238,7 @@ def create_app(
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
         code = exc.code or 500
         messages = {
-            413: f"the upload is too large: at most {max_upload_bytes / 1024**3:.3g} GB and {max_files} files per study",
+            413: _too_large_message(max_upload_bytes, max_files),
             404: "not found",
             401: "authentication required",
         }

@@ -8,10 +8,12 @@ go through these functions.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import secrets
 import threading
 import time
+from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -23,6 +25,8 @@ __all__ = [
     "check_password",
     "create_user",
     "ensure_admin",
+    "INITIAL_PASSWORD_FILE",
+    "write_initial_password",
     "hash_password",
     "new_token",
     "random_password",
@@ -92,6 +96,10 @@ def set_password(store: Store, user: User, password: str) -> None:
     store.set_password(user.id, hash_password(password))
 
 
+#: The first admin's password is written here (mode 0600) inside the data folder, never to stdout or a log.
+INITIAL_PASSWORD_FILE = "initial_admin_password"
+
+
 def ensure_admin(store: Store, *, name: str = "admin") -> str | None:
     """On first start (no users at all) create an admin; return its random password, else ``None``."""
     if store.count_users() > 0:
@@ -101,16 +109,36 @@ def ensure_admin(store: Store, *, name: str = "admin") -> str | None:
     return password
 
 
+def write_initial_password(data_dir: str | os.PathLike[str], name: str, password: str) -> Path:
+    """Write the first admin's name and password to ``<data_dir>/initial_admin_password`` (0600); return its path.
+
+    Service managers keep stdout in their logs, so the password goes to a private file the
+    administrator reads once; it is deleted when that user changes the password.
+    """
+    path = Path(data_dir) / INITIAL_PASSWORD_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(f"{name}\n{password}\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 class LoginLimiter:
-    """Refuse logins after too many failures for one user name or one client address.
+    """Back off failed sign-ins per client, so nobody can lock a user out by guessing at their name.
+
+    A client (address) that fails ``max_failures`` times for one user name within
+    ``window_s`` must wait before trying that name again; a client failing ``4 x
+    max_failures`` times in all (any names) must wait before trying any. Other clients,
+    and so the account's owner, sign in as usual. State is in memory (per server process).
 
     Args:
-        max_failures: failures allowed within ``window_s`` before further attempts are refused.
+        max_failures: failures allowed per (client, user name) within ``window_s``.
         window_s: the sliding window (seconds).
 
     >>> lim = LoginLimiter(max_failures=2, window_s=60)
-    >>> lim.failed("ada", "10.0.0.1"); lim.failed("ada", "10.0.0.1"); lim.retry_after("ada", "10.0.0.2") > 0
-    True
+    >>> lim.failed("ada", "10.0.0.1"); lim.failed("ada", "10.0.0.1")
+    >>> lim.retry_after("ada", "10.0.0.1") > 0, lim.retry_after("ada", "10.0.0.2") > 0
+    (True, False)
     """
 
     def __init__(self, *, max_failures: int = 5, window_s: float = 900.0) -> None:
@@ -124,22 +152,24 @@ class LoginLimiter:
         self._lock = threading.Lock()
 
     def _keys(self, name: str, address: str) -> tuple[str, str]:
-        return f"user:{name.lower()}", f"addr:{address}"
+        return f"pair:{address}\0{name.lower()}", f"addr:{address}"
 
     def _prune(self, key: str, now: float) -> collections.deque[float]:
         q = self._failures[key]
         while q and q[0] <= now - self.window_s:
             q.popleft()
+        if not q:
+            self._failures.pop(key, None)
         return q
 
     def retry_after(self, name: str, address: str) -> float:
-        """Seconds until another attempt is allowed (0 when allowed now)."""
+        """Seconds until this client may try this name again (0 when allowed now)."""
         now = time.monotonic()
         wait = 0.0
         with self._lock:
             for key in self._keys(name, address):
                 q = self._prune(key, now)
-                # an address gets more room than one name (several users behind one proxy)
+                # a client gets more room over all names than for one (several users behind one proxy)
                 limit = self.max_failures * (4 if key.startswith("addr:") else 1)
                 if len(q) >= limit:
                     wait = max(wait, q[0] + self.window_s - now)
@@ -148,9 +178,14 @@ class LoginLimiter:
     def failed(self, name: str, address: str) -> None:
         now = time.monotonic()
         with self._lock:
+            if len(self._failures) > 100_000:  # bound the memory a flood of addresses can take
+                for key in list(self._failures)[:50_000]:
+                    self._failures.pop(key, None)
             for key in self._keys(name, address):
-                self._prune(key, now).append(now)
+                self._failures[key].append(now)
+                self._prune(key, now)
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, address: str) -> None:
+        """Forget this client's failures for this name (a correct password)."""
         with self._lock:
-            self._failures.pop(f"user:{name.lower()}", None)
+            self._failures.pop(self._keys(name, address)[0], None)

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from liverseg.errors import InputError, LiversegError
+from liverseg.errors import InputError, JobCancelledError, LiversegError
 from liverseg.web.store import Store
-from liverseg.web.uploads import input_path, output_dir
+from liverseg.web.uploads import input_path, output_dir, study_dir
 
-__all__ = ["run_study_job", "summarize_report", "analysis_of", "WorkerPool", "shared_factory"]
+__all__ = ["DEFAULT_JOB_MEMORY_BYTES", "DEFAULT_JOB_TIMEOUT_S", "run_study_job", "summarize_report", "analysis_of", "WorkerPool", "shared_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,70 @@ STAGE_WORDS = {
 }
 
 
-class _Progress:
-    """Writes (stage, fraction) to the store at most every ``every_s`` seconds, or when the stage changes."""
+#: Default time limit of one job (seconds); a CT takes a few minutes on two CPU cores.
+DEFAULT_JOB_TIMEOUT_S = 1800.0
+#: Default memory limit of one job: growth of the process's resident memory while it runs (bytes).
+DEFAULT_JOB_MEMORY_BYTES = 6 * 2**30
 
-    def __init__(self, store: Store, job_id: int, *, every_s: float = 0.5) -> None:
+
+def _rss_bytes() -> int:
+    """The process's resident memory now (bytes; Linux /proc, else the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _Progress:
+    """Writes (stage, fraction) to the store at most every ``every_s`` seconds, or when the stage changes.
+
+    It is also the job's watchdog: every call (each sliding window, each step) raises
+    :class:`~liverseg.errors.JobCancelledError` when the study was deleted, the job ran past
+    ``timeout_s`` seconds, or the process grew by more than ``memory_bytes`` since the job began.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: int,
+        *,
+        study_id: str = "",
+        every_s: float = 0.5,
+        timeout_s: float | None = None,
+        memory_bytes: int | None = None,
+    ) -> None:
         self.store, self.job_id, self.every_s = store, job_id, every_s
+        self.study_id = study_id
+        self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
+        self._t0 = time.monotonic()
+        self._rss0 = _rss_bytes() if memory_bytes else 0
         self._last = 0.0
+        self._checked = self._t0
         self._stage = ""
 
+    def check(self) -> None:
+        """Raise JobCancelledError when the job must stop (deleted study, time or memory limit)."""
+        now = time.monotonic()
+        if self.timeout_s is not None and now - self._t0 > self.timeout_s:
+            raise JobCancelledError(
+                f"the analysis ran past the server's time limit of {self.timeout_s:g} s and was stopped; the scan "
+                "may be far larger than an abdominal CT. Crop it, or ask the administrator to raise the limit"
+            )
+        if self.memory_bytes is not None and _rss_bytes() - self._rss0 > self.memory_bytes:
+            raise JobCancelledError(
+                f"the analysis needed more than the server's memory limit of {self.memory_bytes / 2**30:.1f} GiB "
+                "and was stopped; upload a smaller series, or ask the administrator to raise the limit"
+            )
+        if self.study_id and now - self._checked >= self.every_s:
+            self._checked = now
+            if self.store.study(self.study_id) is None:
+                raise JobCancelledError("the study was deleted while it was being analysed")
+
     def __call__(self, stage: str, fraction: float) -> None:
+        self.check()
         now = time.monotonic()
         stage = STAGE_WORDS.get(str(stage), str(stage).replace("_", " "))
         if stage != self._stage or now - self._last >= self.every_s or fraction >= 1.0:
@@ -90,12 +147,29 @@ class _Progress:
                 log.warning("job %s: could not store progress", self.job_id, exc_info=True)
 
 
+def _public_reason(reason: str, study: Any, data_dir: Path) -> str:
+    """A failure message naming the user's upload instead of the stored file (``scan.nii.gz``) or server paths."""
+    folder = str(study_dir(data_dir, study.id))
+    reason = reason.replace(folder + "/input/", "").replace(folder, "the study")
+    stored = input_path(data_dir, study.id)
+    if stored.is_file() and study.input_name:
+        reason = reason.replace(stored.name, study.input_name)
+    return reason
+
+
+def _discard(data_dir: Path, study_id: str) -> None:
+    """Remove what a job wrote for a study that was deleted while it ran."""
+    shutil.rmtree(study_dir(data_dir, study_id), ignore_errors=True)
+
+
 def run_study_job(
     study_id: str,
     *,
     store: Store,
     data_dir: str | Path,
     predictor_factory: PredictorFactory,
+    timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
+    memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
 ) -> str:
     """Segment and measure one study; store its result or its failure. Returns the final job status.
 
@@ -103,6 +177,13 @@ def run_study_job(
     output into ``<data_dir>/studies/<id>/output`` and the report is stored. Any exception
     marks the job failed with a message for the user (:class:`~liverseg.errors.InputError`:
     the message as is; anything else: an internal error with its type); nothing is raised.
+
+    Args:
+        timeout_s: the job is stopped (failed, with the reason) after this many seconds; None: no limit.
+        memory_bytes: ... or when the process grows by more than this many bytes; None: no limit.
+
+    A study deleted while its job runs stops the job at its next progress step, and
+    whatever the job wrote is removed (status ``"missing"``).
     """
     from liverseg.inference import run_case
 
@@ -118,8 +199,8 @@ def run_study_job(
     t0 = time.monotonic()
     log.info("study %s: job %d started", study_id, job.id)
     try:
+        progress = _Progress(store, job.id, study_id=study_id, timeout_s=timeout_s, memory_bytes=memory_bytes)
         predictor = predictor_factory()
-        progress = _Progress(store, job.id)
         progress("read", 0.0)
         report = run_case(
             input_path(data_dir, study_id),
@@ -131,15 +212,23 @@ def run_study_job(
         )
         if not isinstance(report, dict):
             raise TypeError(f"run_case returned {type(report).__name__}, expected the report dict")
-        if store.study(study_id) is None:  # deleted while it ran
+        if store.study(study_id) is None:  # deleted while it ran: run_case recreated its folder
+            _discard(data_dir, study_id)
             return "missing"
         store.finish_job(job.id, report=report, summary=summarize_report(report))
         log.info("study %s: job %d done in %.1f s", study_id, job.id, time.monotonic() - t0)
         return "done"
-    except InputError as exc:
+    except JobCancelledError as exc:
+        if store.study(study_id) is None:
+            _discard(data_dir, study_id)
+            log.info("study %s: job %d stopped, the study was deleted", study_id, job.id)
+            return "missing"
         reason = str(exc)
+        log.warning("study %s: job %d stopped after %.1f s (limit)", study_id, job.id, time.monotonic() - t0)
+    except InputError as exc:
+        reason = _public_reason(str(exc), study, data_dir)
     except LiversegError as exc:
-        reason = f"the analysis failed: {exc}"
+        reason = _public_reason(f"the analysis failed: {exc}", study, data_dir)
     except MemoryError:
         reason = "the server ran out of memory on this scan; try again later or upload a smaller series"
     except Exception as exc:  # a crashed job is marked failed with its reason, never left running
@@ -147,6 +236,9 @@ def run_study_job(
         log.error("study %s: job %d crashed (%s)", study_id, job.id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
     # the reason may quote file names or metadata: it goes to the store (for the user), not to the log
     log.info("study %s: job %d failed after %.1f s", study_id, job.id, time.monotonic() - t0)
+    if store.study(study_id) is None:
+        _discard(data_dir, study_id)
+        return "missing"
     try:
         store.fail_job(job.id, error=reason)
     except Exception:
@@ -182,6 +274,7 @@ class WorkerPool:
             :func:`shared_factory` to build it once).
         workers: number of threads (>= 1); each job may itself use several CPU threads.
         poll_s: how often an idle worker looks for work it was not woken for (seconds).
+        timeout_s, memory_bytes: each job's limits (see :func:`run_study_job`).
     """
 
     def __init__(
@@ -192,7 +285,14 @@ class WorkerPool:
         predictor_factory: PredictorFactory,
         workers: int = 1,
         poll_s: float = 2.0,
+        timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
+        memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
     ) -> None:
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds or None; got {timeout_s}")
+        if memory_bytes is not None and not memory_bytes > 0:
+            raise ValueError(f"memory_bytes must be > 0 or None; got {memory_bytes}")
+        self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
         if workers < 1:
             raise ValueError(f"workers must be >= 1; got {workers}")
         if poll_s <= 0:
@@ -239,7 +339,8 @@ class WorkerPool:
         """Run queued jobs in the calling thread until none is left; return how many ran (tests, scripts)."""
         n = 0
         while (job := self.store.claim_job()) is not None:
-            run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory)
+            run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory,
+                          timeout_s=self.timeout_s, memory_bytes=self.memory_bytes)
             n += 1
         return n
 
@@ -255,7 +356,8 @@ class WorkerPool:
                     self._wake.wait(self.poll_s)
                 continue
             try:
-                run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory)
+                run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory,
+                          timeout_s=self.timeout_s, memory_bytes=self.memory_bytes)
             except BaseException:  # run_study_job catches everything; this is the last line of defence
                 log.error("worker: job %d escaped its handler", job.id, exc_info=True)
                 try:

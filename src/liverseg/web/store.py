@@ -81,6 +81,16 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL
     );
     """,
+    # 2: server-side sessions (a signed-out or expired cookie is worthless even if replayed)
+    """
+    CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    """,
 ]
 
 
@@ -268,12 +278,45 @@ class Store:
             return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
 
     def set_password(self, user_id: int, password_hash: str) -> None:
-        """Change a password; every existing session of that user is ended (epoch bump)."""
+        """Change a password; every existing session of that user is ended (epoch bump, rows deleted)."""
         with self._tx() as conn:
             conn.execute(
                 "UPDATE users SET password_hash = ?, session_epoch = session_epoch + 1 WHERE id = ?",
                 (password_hash, user_id),
             )
+            conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    # -- sessions -----------------------------------------------------------------------
+    def add_session(self, user_id: int, session_id: str, *, lifetime_s: float) -> None:
+        """Record a signed-in session (only the SHA-256 of its random id is stored) valid for ``lifetime_s`` s."""
+        import time as _time
+
+        with self._tx() as conn:
+            conn.execute("DELETE FROM sessions WHERE expires_at < ?", (_time.time(),))
+            conn.execute(
+                "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (hash_token(session_id), user_id, _now(), _time.time() + float(lifetime_s)),
+            )
+
+    def session_user(self, session_id: str) -> User | None:
+        """The user of a live session, or ``None`` (unknown, signed out, expired, or its user deleted)."""
+        import time as _time
+
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ? AND s.expires_at > ?",
+                (hash_token(session_id), _time.time()),
+            ).fetchone()
+        return _user(row)
+
+    def delete_session(self, session_id: str) -> None:
+        """End one session (sign-out)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_token(session_id),))
+
+    def count_sessions(self, user_id: int) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT count(*) FROM sessions WHERE user_id = ?", (user_id,)).fetchone()[0])
 
     def set_admin(self, user_id: int, is_admin: bool) -> None:
         with self._tx() as conn:

@@ -22,11 +22,14 @@ from typing import Iterable
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from liverseg.errors import InputError, NoImagesError
+import errno
+
+from liverseg.errors import InputError, NoImagesError, ResourceError, TooLargeError
 from liverseg.io.archive import ArchiveLimits, extract_zip
 from liverseg.io.detect import sniff_format
+from liverseg.io.read import peek_header
 
-__all__ = ["SavedUpload", "TooManyFilesError", "save_upload", "study_dir", "input_path", "output_dir", "new_study_id"]
+__all__ = ["SavedUpload", "TooManyFilesError", "EXPANSION_RATIO", "EXPANSION_FREE_BYTES", "save_upload", "study_dir", "input_path", "output_dir", "new_study_id"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,15 @@ _SUFFIX = {"nifti": ".nii", "nifti-gz": ".nii.gz", "metaimage": ".mha", "nrrd": 
            "png": ".png", "jpeg": ".jpg"}
 
 
-class TooManyFilesError(InputError):
+#: An upload may decode to at most this many times its own size ...
+EXPANSION_RATIO = 50
+#: ... or to this many bytes, whichever is more (a real CT compresses 2-5 fold).
+EXPANSION_FREE_BYTES = 64 * 2**20
+#: Longest stored file name (characters); longer names are shortened, keeping the suffix.
+_MAX_NAME = 120
+
+
+class TooManyFilesError(TooLargeError):
     """More files in one upload than the configured cap (HTTP 413)."""
 
 
@@ -76,12 +87,64 @@ def output_dir(data_dir: Path, study_id: str) -> Path:
 
 def _unique(name: str, taken: set[str]) -> str:
     base = secure_filename(name.replace("\\", "/").split("/")[-1]) or "file"
+    if len(base) > _MAX_NAME:  # a 5,000-character name: keep its end (the suffix) and a little of its start
+        base = base[: _MAX_NAME // 2] + "_" + base[-(_MAX_NAME // 2 - 1):]
     candidate, n = base, 1
     while candidate in taken:
         n += 1
         candidate = f"{n}_{base}"
     taken.add(candidate)
     return candidate
+
+
+def _check_expansion(decoded: int, n_bytes: int, name: str, *, ratio: float, free_bytes: int) -> None:
+    """Refuse an upload whose images decode to far more than it weighs (a compression bomb)."""
+    allowed = max(free_bytes, ratio * n_bytes)
+    if decoded > allowed:
+        raise TooLargeError(
+            f"{name}: its images would decode to {decoded / 2**20:.0f} MiB from a {n_bytes / 2**10:.0f} KiB upload "
+            f"(more than {ratio:g}-fold and more than {free_bytes / 2**20:.0f} MiB), which no real CT compresses "
+            "to; refusing it. Upload the scan as exported by the scanner or viewer"
+        )
+
+
+def _dicom_bytes(paths: list[Path]) -> int:
+    return sum(peek_header(p).decoded_bytes for p in paths)
+
+
+def _check_extracted(folder: Path, name: str) -> list[Path]:
+    """The DICOM files of an extracted zip; NoImagesError when it holds neither DICOM nor one volume file."""
+    dicoms: list[Path] = []
+    volumes: list[Path] = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.is_symlink():
+            continue
+        try:
+            fmt = sniff_format(p)
+        except InputError:
+            continue
+        if fmt == "dicom":
+            dicoms.append(p)
+        elif fmt in ("nifti", "nifti-gz", "metaimage", "nrrd"):
+            volumes.append(p)
+    if not dicoms and len(volumes) != 1:
+        raise NoImagesError(
+            f"the zip {name} holds no DICOM files"
+            + (f" (and {len(volumes)} volume files, not one)" if volumes else "")
+            + "; zip the folder of one DICOM series, or upload a NIfTI/MHA/NRRD file as it is"
+        )
+    return dicoms or volumes
+
+
+def _renamed(exc: InputError, names: dict[str, str]) -> InputError:
+    """The same error with the stored file names replaced by the names the user gave."""
+    msg = str(exc)
+    for stored, given in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        if stored != given:
+            msg = msg.replace(stored, given)
+    if msg == str(exc):
+        return exc
+    return type(exc)(msg)
 
 
 def save_upload(
@@ -91,13 +154,24 @@ def save_upload(
     study_id: str,
     max_files: int,
     max_bytes: int,
+    expansion_ratio: float = EXPANSION_RATIO,
+    expansion_free_bytes: int = EXPANSION_FREE_BYTES,
 ) -> SavedUpload:
     """Store the uploaded ``files`` as the input of study ``study_id``.
 
+    Before accepting, every image header is read (no voxel decoded) and checked
+    (:func:`liverseg.io.peek_header`): absurd sizes and voxel sizes are refused, and so
+    is an upload whose images would decode to more than ``expansion_ratio`` times its
+    size and more than ``expansion_free_bytes`` (gzip, zip, PNG and JPEG 2000 bombs).
+    A zip's total expansion is capped the same way before anything is extracted.
+    Messages name the uploaded file, never the stored one.
+
     Raises:
-        TooManyFilesError: more than ``max_files`` files.
+        TooManyFilesError: more than ``max_files`` files (HTTP 413).
+        TooLargeError: the upload would decode to too much (HTTP 413).
+        ResourceError: the server's disk is full (HTTP 507).
         InputError (and subclasses): empty upload, unrecognised content, an unsafe or
-            damaged zip, a folder without DICOM files. The message says what to do.
+            damaged zip, a folder or zip without DICOM files. The message says what to do.
     """
     files = [f for f in files if f is not None and (f.filename or "") != ""]
     if not files:
@@ -112,27 +186,38 @@ def save_upload(
     staging = tmp_root / f"upload-{study_id}"
     target = study_dir(data_dir, study_id)
     inp = staging / "input"
-    inp.mkdir(parents=True)
+    names: dict[str, str] = {}  # stored name -> the name the user gave
     try:
+        inp.mkdir(parents=True)
         taken: set[str] = set()
         n_bytes = 0
         saved: list[Path] = []
         for f in files:
+            given = (f.filename or "file").replace("\\", "/").split("/")[-1]
             dest = inp / _unique(f.filename or "file", taken)
+            names[dest.name] = given
             f.save(dest)
             n_bytes += dest.stat().st_size
             saved.append(dest)
         first_name = (files[0].filename or "upload").replace("\\", "/")
+        limit = dict(ratio=expansion_ratio, free_bytes=expansion_free_bytes)
         if len(saved) == 1:
             fmt = sniff_format(saved[0])
             input_name = first_name.split("/")[-1]
             if fmt == "zip":
                 extracted = inp / "extracted"
-                limits = ArchiveLimits(max_total_bytes=max(4 * max_bytes, 1), max_files=max(max_files, 1))
+                limits = ArchiveLimits(max_total_bytes=max(int(expansion_ratio * n_bytes), expansion_free_bytes, 1),
+                                       max_files=max(max_files, 1), max_ratio=max(expansion_ratio, 1.5),
+                                       ratio_min_bytes=expansion_free_bytes)
                 members = extract_zip(saved[0], extracted, limits=limits)
                 saved[0].unlink()
+                images = _check_extracted(extracted, input_name)
+                dicoms = [p for p in images if sniff_format(p) == "dicom"]
+                decoded = _dicom_bytes(dicoms) if dicoms else peek_header(images[0]).decoded_bytes
+                _check_expansion(decoded, n_bytes, input_name, **limit)  # type: ignore[arg-type]
                 kind, fmt, n_files = "folder", "zip", len(members)
             elif fmt in _SINGLE_FORMATS:
+                _check_expansion(peek_header(saved[0]).decoded_bytes, n_bytes, input_name, **limit)  # type: ignore[arg-type]
                 os.replace(saved[0], inp / ("scan" + _SUFFIX[fmt]))
                 kind, n_files = "file", 1
             else:  # pragma: no cover - sniff_format answers only the formats above
@@ -151,11 +236,24 @@ def save_upload(
                     "of one DICOM series (or a .zip of it); NIfTI/MHA/NRRD/PNG/JPEG go one file at a time"
                 )
             top = first_name.split("/")[0] if "/" in first_name else f"{len(saved)} files"
+            _check_expansion(_dicom_bytes(dicoms), n_bytes, top, **limit)  # type: ignore[arg-type]
             input_name, kind, fmt, n_files = top, "folder", "dicom", len(saved)
         if target.exists():
             raise FileExistsError(f"study folder {target} already exists")
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
+    except InputError as exc:
+        renamed = _renamed(exc, names)
+        if renamed is exc:
+            raise
+        raise renamed from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(
+                "the server's disk is full; the upload was not stored. Try again later, and tell the server's "
+                "administrator"
+            ) from exc
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("study %s: stored %s upload (%d files, %.1f MiB)", study_id, fmt, n_files, n_bytes / 2**20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import shutil
 import time
 from typing import Any, Callable
@@ -23,11 +24,11 @@ from flask import (
     url_for,
 )
 
-from liverseg.errors import InputError
+from liverseg.errors import InputError, ResourceError, TooLargeError
 from liverseg.web import auth
 from liverseg.web.jobs import analysis_of
 from liverseg.web.store import Study, User
-from liverseg.web.uploads import TooManyFilesError, new_study_id, output_dir, save_upload, study_dir
+from liverseg.web.uploads import new_study_id, output_dir, save_upload, study_dir
 from liverseg.web.viewer import WINDOW_PRESETS
 
 __all__ = ["bp", "OUTPUT_FILES", "ctx", "create_study", "delete_study_files", "study_json"]
@@ -58,14 +59,40 @@ def ctx() -> Any:
 
 
 def _session_user() -> User | None:
-    uid = session.get("uid")
-    if uid is None:
+    """The signed-in user: the cookie's session id must be live in the store (sign-out deletes it there)."""
+    sid = session.get("sid")
+    if not isinstance(sid, str) or not sid:
+        session.clear()
         return None
-    user = ctx().store.user_by_id(int(uid))
+    user = ctx().store.session_user(sid)
     if user is None or session.get("epoch") != user.session_epoch:
         session.clear()
         return None
     return user
+
+
+def _safe_next(nxt: str) -> str | None:
+    """``nxt`` when it is a path on this site, else None (``//host``, ``/\\host``, schemes, control characters).
+
+    Browsers drop tabs and newlines inside URLs, so ``/%09/evil.example`` would become
+    ``//evil.example``; any control character, space or backslash is refused.
+    """
+    from urllib.parse import urlsplit
+
+    if not nxt.startswith("/") or nxt.startswith("//") or len(nxt) > 2000:
+        return None
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F or ch == "\\" for ch in nxt):
+        return None
+    parts = urlsplit(nxt)
+    if parts.scheme or parts.netloc:
+        return None
+    return nxt
+
+
+def _sentence(text: str) -> str:
+    """``text`` with its first letter upper-case and a full stop (the rest untouched, unlike str.capitalize)."""
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "."
 
 
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,8 +151,14 @@ def _own_study(study_id: str) -> Study:
 
 def create_study(user: User, files: list[Any], note: str) -> Study:
     """Store an upload as a new queued study and wake the workers (InputError on bad content)."""
+    from liverseg.web.app import MAX_NOTE_CHARS
+
     c = ctx()
-    note = (note or "").strip()[:2000]
+    note = (note or "").strip()
+    if len(note) > MAX_NOTE_CHARS:
+        raise InputError(
+            f"the note has {len(note)} characters; at most {MAX_NOTE_CHARS} are kept with a study. Shorten it"
+        )
     study_id = new_study_id()
     saved = save_upload(files, data_dir=c.data_dir, study_id=study_id, max_files=c.max_files,
                         max_bytes=c.max_upload_bytes)
@@ -139,6 +172,15 @@ def create_study(user: User, files: list[Any], note: str) -> Study:
         raise
     c.pool.wake()
     return study
+
+
+def upload_error_status(exc: Exception) -> int:
+    """The HTTP status of a refused upload: 413 too large, 507 the server's disk is full, else 400."""
+    if isinstance(exc, TooLargeError):
+        return 413
+    if isinstance(exc, ResourceError):
+        return 507
+    return 400
 
 
 def delete_study_files(study_id: str) -> None:
@@ -214,15 +256,20 @@ def login() -> Any:
         else:
             user = ctx().store.user_by_name(name)
             if auth.check_password(user, password):
-                limiter.succeeded(name)
+                assert user is not None
+                limiter.succeeded(name, address)
+                old_sid = session.get("sid")
+                if isinstance(old_sid, str) and old_sid:
+                    ctx().store.delete_session(old_sid)
                 session.clear()
                 session.permanent = True
-                session["uid"] = user.id  # type: ignore[union-attr]
-                session["epoch"] = user.session_epoch  # type: ignore[union-attr]
-                log.info("user %d signed in", user.id)  # type: ignore[union-attr]
-                nxt = request.args.get("next", "")
-                if not nxt.startswith("/") or nxt.startswith("//"):
-                    nxt = url_for("pages.history")
+                sid = secrets.token_urlsafe(32)
+                ctx().store.add_session(user.id, sid, lifetime_s=current_app.permanent_session_lifetime.total_seconds())
+                session["sid"] = sid
+                session["uid"] = user.id
+                session["epoch"] = user.session_epoch
+                log.info("user %d signed in", user.id)
+                nxt = _safe_next(request.args.get("next", "")) or url_for("pages.history")
                 return redirect(nxt)
             limiter.failed(name, address)
             time.sleep(0.2)
@@ -233,6 +280,9 @@ def login() -> Any:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
+    sid = session.get("sid")
+    if isinstance(sid, str) and sid:
+        ctx().store.delete_session(sid)  # the cookie, even if kept or replayed, is worthless now
     session.clear()
     return redirect(url_for("pages.login"))
 
@@ -256,16 +306,12 @@ def upload() -> Any:
     files = request.files.getlist("files")
     try:
         study = create_study(g.user, files, request.form.get("note", ""))
-    except TooManyFilesError as exc:
+    except (InputError, ResourceError) as exc:
+        code = upload_error_status(exc)
         if wants_json:
-            return jsonify(error=str(exc)), 413
+            return jsonify(error=str(exc)), code
         return render_template("upload.html", error=str(exc), max_files=c.max_files,
-                               max_gb=c.max_upload_bytes / 1024**3), 413
-    except InputError as exc:
-        if wants_json:
-            return jsonify(error=str(exc)), 400
-        return render_template("upload.html", error=str(exc), max_files=c.max_files,
-                               max_gb=c.max_upload_bytes / 1024**3), 400
+                               max_gb=c.max_upload_bytes / 1024**3), code
     url = url_for("pages.study", study_id=study.id)
     if wants_json:
         return jsonify(id=study.id, status=study.status, url=url), 202
@@ -446,8 +492,11 @@ def account() -> Any:
                 try:
                     auth.set_password(store, g.user, request.form.get("new", ""))
                 except ValueError as exc:
-                    error = str(exc).capitalize() + "."
+                    error = _sentence(str(exc))
                 else:
+                    initial = ctx().data_dir / auth.INITIAL_PASSWORD_FILE
+                    if initial.is_file() and initial.read_text(encoding="utf-8").split("\n", 1)[0] == g.user.name:
+                        initial.unlink()
                     session.clear()
                     flash("Password changed. Sign in with the new password.", "info")
                     return redirect(url_for("pages.login"), code=303)
@@ -476,7 +525,7 @@ def users() -> Any:
             try:
                 auth.create_user(store, name=name, password=password, is_admin=request.form.get("is_admin") == "1")
             except ValueError as exc:
-                error = str(exc).capitalize() + "."
+                error = _sentence(str(exc))
             else:
                 shown_password = (name, password)
         elif target is None:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
+from liverseg.analysis.confidence import TumorProbability, drop_unconfident_lesions
 from liverseg.errors import DimensionError, InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.io.volume import Volume
@@ -85,6 +86,8 @@ class Prediction:
         postprocess: voxel counts of what postprocessing changed.
         roi: the region of interest the segment stage saw, as (start, stop) index pairs (z, y, x)
             on the input grid.
+        tumor_probability: the tumor probability on the input grid where the network found
+            foreground (:class:`~liverseg.analysis.confidence.TumorProbability`), for lesion confidence.
         input_path_2d: for a single slice, how its intensities reached the 2D network, e.g.
             ``"8-bit image (window unknown)"`` or ``"HU, rendered W400/L40"``; None for a 3D scan.
     """
@@ -98,6 +101,17 @@ class Prediction:
     postprocess: dict[str, int] = dataclasses.field(default_factory=dict)
     roi: list[tuple[int, int]] | None = None
     input_path_2d: str | None = None
+    tumor_probability: TumorProbability | None = None
+
+
+def _invert_probability(
+    reorient: Reorientation, prob: TumorProbability | None, canonical_shape: Sequence[int]
+) -> TumorProbability | None:
+    """A tumor probability on the canonical grid, carried back to the source grid's axes."""
+    if prob is None:
+        return None
+    box = reorient.invert_roi([(s.start, s.stop) for s in prob.box], canonical_shape)
+    return TumorProbability(box=tuple(slice(a, b) for a, b in box), values=reorient.invert(prob.values))
 
 
 def _mirror_axes(nd: int, tta: bool) -> list[tuple[int, ...]]:
@@ -177,6 +191,8 @@ class Predictor:
             temporary folder when first needed, nothing is downloaded).
         sw_batch_size: windows per network call.
         liver_dilation_mm: how far (mm) tumor may reach beyond the liver's outline.
+        min_lesion_confidence: lesions whose mean tumor probability (0–1, see
+            :mod:`liverseg.analysis.confidence`) is below this become liver; 0 keeps all.
 
     Bundles are loaded (and their sha256 checked) when first needed; :meth:`load` loads them now.
     One Predictor may serve several threads.
@@ -201,6 +217,7 @@ class Predictor:
         engine: Literal["torch", "onnx"] = "torch",
         sw_batch_size: int = 1,
         liver_dilation_mm: float = 3.0,
+        min_lesion_confidence: float = 0.0,
     ) -> None:
         for name, source in (("model", model), ("model_2d", model_2d)):
             if source is None and name == "model":
@@ -213,7 +230,7 @@ class Predictor:
         if not isinstance(tta, bool):
             raise TypeError(f"tta must be True or False; got {type(tta).__name__} {tta!r}")
         for name, value in (("overlap", overlap), ("min_tumor_volume_mm3", min_tumor_volume_mm3),
-                            ("liver_dilation_mm", liver_dilation_mm)):
+                            ("liver_dilation_mm", liver_dilation_mm), ("min_lesion_confidence", min_lesion_confidence)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
         if not 0.0 <= float(overlap) < 1.0:
@@ -228,6 +245,8 @@ class Predictor:
             raise ValueError(f"min_tumor_volume_mm3 must be >= 0 mm³; got {min_tumor_volume_mm3}")
         if not 0 <= float(liver_dilation_mm) <= 50:
             raise ValueError(f"liver_dilation_mm must be in 0..50 mm; got {liver_dilation_mm}")
+        if not 0.0 <= float(min_lesion_confidence) < 1.0:
+            raise ValueError(f"min_lesion_confidence must be in [0, 1) (a mean probability); got {min_lesion_confidence}")
         if engine not in ("torch", "onnx"):
             raise ValueError(f"engine must be 'torch' or 'onnx'; got {engine!r}")
         if int(sw_batch_size) < 1:
@@ -244,6 +263,7 @@ class Predictor:
         self.overlap = float(overlap)
         self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
         self.liver_dilation_mm = float(liver_dilation_mm)
+        self.min_lesion_confidence = float(min_lesion_confidence)
         self.engine = engine
         self.sw_batch_size = int(sw_batch_size)
         self._bundles: dict[str, ModelBundle] = {}
@@ -389,6 +409,7 @@ class Predictor:
                     labels=volume.with_array(reorient.invert(pred.labels.array), is_hu=False, modality="SEG"),
                     probabilities=None if pred.probabilities is None else reorient.invert(pred.probabilities),
                     roi=reorient.invert_roi(pred.roi, canonical.shape),
+                    tumor_probability=_invert_probability(reorient, pred.tumor_probability, canonical.shape),
                 )
         report = progress or (lambda step, fraction: None)
         t_start = time.perf_counter()
@@ -423,7 +444,7 @@ class Predictor:
             probs, roi = self._cascade(kind, bundle, hu, spacing, timings, warnings, report)
             report("postprocess", 0.9)
             t0 = time.perf_counter()
-            labels = self._labels_from_probs(probs, hu.shape, roi)
+            labels, tumor_probability = self._labels_from_probs(probs, hu.shape, roi)
             timings["resample"] = timings.get("resample", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         post = postprocess_labels(
@@ -432,8 +453,10 @@ class Predictor:
             min_tumor_volume_mm3=self.min_tumor_volume_mm3,
             liver_dilation_mm=self.liver_dilation_mm,
         )
+        final, n_dropped = drop_unconfident_lesions(post.labels, tumor_probability, min_confidence=self.min_lesion_confidence)
         timings["postprocess"] = time.perf_counter() - t0
-        if not (post.labels > 0).any():
+        post_summary = {**post.summary(), "low_confidence_lesions_dropped": n_dropped}
+        if not (final > 0).any():
             warnings.append("no liver was found in this image")
         probabilities = None
         if return_probabilities:
@@ -444,7 +467,7 @@ class Predictor:
         report("done", 1.0)
         for w in warnings:
             log.warning("%s", w)
-        label_volume = volume.with_array(post.labels, is_hu=False, modality="SEG")
+        label_volume = volume.with_array(final, is_hu=False, modality="SEG")
         return Prediction(
             labels=label_volume,
             probabilities=probabilities,
@@ -452,7 +475,8 @@ class Predictor:
             model=self.model_info(kind),
             device=str(self.device),
             warnings=warnings,
-            postprocess=post.summary(),
+            postprocess=post_summary,
+            tumor_probability=tumor_probability,
             roi=[(int(s.start), int(s.stop)) for s in roi],
             input_path_2d=input_path_2d,
         )
@@ -633,8 +657,11 @@ class Predictor:
         shape = tuple(s.stop - s.start for s in roi)
         return resample_to_shape(probs.float().cpu(), shape, order=1)  # type: ignore[return-value]
 
-    def _labels_from_probs(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:
-        """Argmax of the probabilities resampled linearly onto the input grid's region ``roi``.
+    def _labels_from_probs(
+        self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]
+    ) -> tuple[np.ndarray, TumorProbability | None]:
+        """Argmax of the probabilities resampled linearly onto the input grid's region ``roi``,
+        and the tumor probability in the resampled box (None for a 2-class model or no foreground).
 
         Only the part of the region near the stage's foreground is resampled: where all
         neighbouring stage voxels say background, so does any linear blend of them.
@@ -643,7 +670,7 @@ class Predictor:
         probs = probs.float().cpu()
         fg = probs.argmax(0) > 0
         if not bool(fg.any()):
-            return labels
+            return labels, None
         out_shape = [s.stop - s.start for s in roi]
         ranges = []
         for axis, (n_out, m) in enumerate(zip(out_shape, probs.shape[1:])):
@@ -659,7 +686,8 @@ class Predictor:
             sub = _linear_axis(sub, axis + 1, n_out, lo, hi)
         box = tuple(slice(r.start + lo, r.start + hi) for r, (lo, hi) in zip(roi, ranges))
         labels[box] = sub.argmax(0).to(torch.uint8).numpy()
-        return labels
+        tumor = TumorProbability(box=box, values=sub[2].numpy().astype(np.float16)) if sub.shape[0] > 2 else None
+        return labels, tumor
 
     def _full_probabilities(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:
         out = np.zeros((probs.shape[0], *shape), np.float16)

@@ -311,6 +311,25 @@ _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
 ]
 
 
+#: Libraries whose INFO lines are noise in a log (highdicom logs one line per segment and frame).
+NOISY_LOGGERS = ("highdicom", "pydicom", "PIL", "matplotlib", "waitress.queue", "urllib3", "numexpr")
+
+
+def configure_logging(verbose: int) -> None:
+    """liverseg's own messages at INFO (DEBUG with -v); other libraries' (highdicom, PIL, ...) only from WARNING on.
+
+    ``-vv`` shows every library's DEBUG messages too. Third-party INFO lines (highdicom logs one per
+    segment and frame) would flood a server's log.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("liverseg").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose >= 2 else logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liverseg",
@@ -333,10 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

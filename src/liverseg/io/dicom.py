@@ -407,12 +407,13 @@ def _rescale(ds: Any, name: str, k: int) -> tuple[float, float]:
 
 
 def read_series(
-    files: Sequence[Path], *, name: str = "series", keep_datasets: bool = False, progress: bool = True
+    files: Sequence[Path], *, name: str = "series", keep_datasets: bool = False, progress: bool | None = None
 ) -> tuple[Volume, list[Any]]:
     """Decode the slices of one series into a Volume (int16 HU for CT).
 
     Returns ``(volume, datasets)`` where ``datasets`` are the headers in the
-    volume's z order, pixel data dropped (empty unless ``keep_datasets``).
+    volume's z order, pixel data dropped (empty unless ``keep_datasets``). ``progress``:
+    a tqdm bar for long series; None (default) shows it only when stderr is a terminal.
 
     Raises:
         DimensionError: the series would be absurdly large.
@@ -456,10 +457,11 @@ def read_series(
     out: np.ndarray | None = None
     colour = False
     it: Any = datasets
-    if progress and n > 50:
+    if progress is not False and n > 50:
         from tqdm.auto import tqdm
 
-        it = tqdm(datasets, desc="reading DICOM", unit="slice", leave=False)
+        # None: a bar only on a terminal, never in a server's log (tqdm's disable=None rule)
+        it = tqdm(datasets, desc="reading DICOM", unit="slice", leave=False, disable=None if progress is None else False)
     for k, ds in enumerate(it):
         arr = _frame_pixels(ds, name)
         if arr.shape[:2] != (rows, cols):

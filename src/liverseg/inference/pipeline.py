@@ -218,7 +218,7 @@ def run_case(
 
     report("analyze", 0.8)
     t0 = time.perf_counter()
-    analysis = analyze(prediction.labels, ct)
+    analysis = analyze(prediction.labels, ct, tumor_probability=prediction.tumor_probability)
     timings["analyze"] = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,9 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
             text(
                 _wrap(
                     "RECIST 1.1: measurable = longest axial diameter ≥ 10 mm (2 × slice thickness when slices are "
-                    "thicker than 5 mm); the two largest measurable lesions are target candidates. Slices numbered from 1.",
+                    "thicker than 5 mm); the two largest measurable lesions that are not of low confidence are target "
+                    "candidates. Confidence = the model's mean tumor probability over the lesion: check low ones first. "
+                    "Slices numbered from 1.",
                     115,
                 ),
                 size=7.5,

@@ -69,6 +69,8 @@ LESION_CSV_COLUMNS = [
     "is_target_candidate",
     "touches_scan_end",
     "voxel_count",
+    "confidence",
+    "confidence_level",
 ]
 
 
@@ -148,6 +150,8 @@ def write_lesions_csv(path: str | Path, analysis: Analysis) -> Path:
                 "is_target_candidate": les.is_target_candidate,
                 "touches_scan_end": les.touches_scan_end,
                 "voxel_count": les.voxel_count,
+                "confidence": les.confidence,
+                "confidence_level": les.confidence_level,
             }
             w.writerow({k: _csv_value(v) for k, v in row.items()})
     return path
@@ -203,7 +207,7 @@ def lesion_table(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
     mm = analysis.spacing_mm is not None
     head = ["Lesion", "Volume (mL)" if not analysis.is_2d else ("Area (mm²)" if mm else "Area (px)")]
     head += ["Longest diameter (mm)" if mm else "Longest diameter (px)", "Short axis (mm)" if mm else "Short axis (px)"]
-    head += ["Mean ± SD (HU)", "Slices", "RECIST"]
+    head += ["Mean ± SD (HU)", "Slices", "RECIST", "Confidence"]
     rows = []
     for les in analysis.lesions:
         size = (
@@ -232,6 +236,7 @@ def lesion_table(analysis: Analysis) -> tuple[list[str], list[list[str]]]:
                 hu,
                 f"{first + 1}–{last + 1}" if first != last else f"{first + 1}",
                 recist,
+                "n/a" if les.confidence is None else f"{les.confidence_level} ({les.confidence:.2f})",
             ]
         )
     return head, rows

@@ -385,6 +385,8 @@ def _view_model(study: Study) -> dict[str, Any]:
             "measurable": les.get("measurable"),
             "target": bool(les.get("is_target_candidate")),
             "touches_scan_end": les.get("touches_scan_end"),
+            "confidence": les.get("confidence"),
+            "confidence_level": les.get("confidence_level"),
         })
     # start on the slice of the largest lesion, else the middle of the scan
     start = shape[0] // 2

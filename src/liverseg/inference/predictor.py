@@ -399,6 +399,7 @@ class Predictor:
         """
         if not isinstance(volume, Volume):
             raise TypeError(f"volume must be a liverseg.io.Volume; got {type(volume).__name__}")
+        check_segmentable(volume.shape)  # a 1 x 1 x 1 "scan" or an icon is refused, not segmented
         if not volume.is_2d:
             reorient = Reorientation.from_direction(volume.direction)
             if not reorient.is_identity:  # the networks see the canonical (DICOM axial) axis order
@@ -486,7 +487,6 @@ class Predictor:
         arr = volume.array
         if arr.size == 0:
             raise InputError("the image is empty (no voxels)")
-        check_segmentable(volume.shape)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise InputError("the image holds NaN or infinite values; export it again as CT in HU")
         if volume.is_hu:

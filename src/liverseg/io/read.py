@@ -199,6 +199,18 @@ def peek_header(path: str | Path) -> HeaderSummary:
         except RuntimeError as exc:
             raise CorruptFileError(f"{path.name}: the {fmt} header cannot be read") from exc
         size = check_dimensions(path.name, tuple(reader.GetSize()))
+        if reader.GetNumberOfComponents() != 1:
+            from liverseg.errors import DimensionError
+
+            raise DimensionError(
+                f"{path.name} has {reader.GetNumberOfComponents()} values per voxel (colour or vector data); "
+                "liverseg needs a single-channel CT"
+            )
+        if any(not math.isfinite(s) or s <= 0 for s in list(reader.GetSpacing())[: len(size)]):
+            raise CorruptFileError(
+                f"{path.name}: the {fmt} header gives a voxel size of {list(reader.GetSpacing())} mm with a zero, "
+                "negative or non-finite side; set the voxel size (ElementSpacing / space directions) in mm"
+            )
         from liverseg.io.nifti import _itk_itemsizes
 
         item = _itk_itemsizes().get(reader.GetPixelID(), 8) * max(1, reader.GetNumberOfComponents())

@@ -27,6 +27,7 @@ import errno
 from liverseg.errors import InputError, NoImagesError, ResourceError, TooLargeError
 from liverseg.io.archive import ArchiveLimits, extract_zip
 from liverseg.io.detect import sniff_format
+from liverseg.io.limits import check_segmentable
 from liverseg.io.read import peek_header
 
 __all__ = ["SavedUpload", "TooManyFilesError", "EXPANSION_RATIO", "EXPANSION_FREE_BYTES", "save_upload", "study_dir", "input_path", "output_dir", "new_study_id"]
@@ -217,7 +218,9 @@ def save_upload(
                 _check_expansion(decoded, n_bytes, input_name, **limit)  # type: ignore[arg-type]
                 kind, fmt, n_files = "folder", "zip", len(members)
             elif fmt in _SINGLE_FORMATS:
-                _check_expansion(peek_header(saved[0]).decoded_bytes, n_bytes, input_name, **limit)  # type: ignore[arg-type]
+                header = peek_header(saved[0])
+                check_segmentable(header.shape_zyx, name=input_name)
+                _check_expansion(header.decoded_bytes, n_bytes, input_name, **limit)  # type: ignore[arg-type]
                 os.replace(saved[0], inp / ("scan" + _SUFFIX[fmt]))
                 kind, n_files = "file", 1
             else:  # pragma: no cover - sniff_format answers only the formats above

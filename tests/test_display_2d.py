@@ -84,7 +84,7 @@ def test_random_render_draws_every_window_kind():
         pixels, kind = random_render(hu, rng)
         assert pixels.dtype == np.uint8 and pixels.shape == hu.shape
         kinds.add(kind)
-    assert kinds == {"abdomen", "soft_tissue", "liver", "minmax", "random"}
+    assert kinds == {"abdomen", "soft_tissue", "liver", "minmax", "narrow", "random"}
     with pytest.raises(ValueError, match="window_weights"):
         RenderOptions(window_weights={"bone": 1.0})
 
@@ -159,7 +159,7 @@ def test_display_slice_dataset_mixes_rendered_volumes_and_real_slices(tmp_path):
     write_volume(ct, tmp_path / "ct.nii.gz")
     write_volume(lab, tmp_path / "lab.nii.gz")
     case = Case(case_id="p", image_path=tmp_path / "ct.nii.gz", label_path=tmp_path / "lab.nii.gz",
-                tumor_annotated=True, source="manifest")
+                tumor_annotated=False, source="manifest")
     plan = Plan(**DISPLAY_PLAN)
     cached = prepare_cache([case], plan=plan, cache_dir=tmp_path / "cache")
     _write_slices(tmp_path / "s")
@@ -175,6 +175,11 @@ def test_display_slice_dataset_mixes_rendered_volumes_and_real_slices(tmp_path):
         if real:
             assert not bool(s["tumor_annotated"])  # liver-only exports: tumor supervised only where annotated
     assert seen == {True, False}
+    free = DisplaySliceDataset(cached, images=find_image_slices(tmp_path / "s"), image_fraction=0.5, plan=plan,
+                               samples_per_epoch=24, liver_only_tumor_free=True)
+    for i in range(24):  # a tumor-free flag marks volumes, never the real exports
+        s = free[i]
+        assert bool(s["tumor_annotated"]) == (int(s["case_index"]) == 0)
     np.testing.assert_array_equal(ds[5]["image"].numpy(), ds[5]["image"].numpy())  # reproducible per index
     with pytest.raises(ValueError, match="display"):
         DisplaySliceDataset(cached, plan=Plan(spacing_mm=None, clip_hu=(-1, 1), mean_hu=0, std_hu=1, patch_size=(8, 8)),
@@ -212,7 +217,7 @@ def test_8bit_slice_goes_in_as_it_is_and_hu_is_rendered_w400_l40(tiny_bundle_3d,
     wide = predictor.predict(Volume(array=(pixels.astype(np.uint16) * 200), spacing=None, is_hu=False))
     assert wide.input_path_2d.startswith("16-bit")
     with pytest.raises(InputError, match="display values"):
-        predictor.predict(Volume(array=np.full((1, 9, 9), -5.0), spacing=None, is_hu=False))
+        predictor.predict(Volume(array=np.full((1, 20, 20), -5.0), spacing=None, is_hu=False))
 
 
 def test_pixel_size_gives_mm_and_is_recorded(tmp_path, tiny_bundle_3d, display_bundle):

@@ -12,6 +12,9 @@ in width and ±15 HU in level):
 * ``abdomen`` W400/L40, ``soft_tissue`` W350/L50, ``liver`` W150/L60
   (:data:`liverseg.preprocessing.display.NAMED_WINDOWS_HU`);
 * ``minmax``: the slice's own minimum to maximum (air black, bone white);
+* ``narrow``: a narrow contrast window with fat black, width log-uniform in 180–320 HU,
+  level uniform in 90–160 HU (as some sites export soft tissue: the CURVAS PNGs look like
+  about W250/L130, liver ≈ 95/255 with fat black);
 * ``random``: width log-uniform in 150–1500 HU, level uniform in −50–200 HU.
 
 Each with a display gamma (log-uniform 0.6–1.6) on ``gamma_probability`` of samples.
@@ -31,11 +34,12 @@ __all__ = ["DEFAULT_WINDOW_WEIGHTS", "RenderOptions", "apply_gamma", "degrade", 
 
 #: how often each window kind is drawn (normalised)
 DEFAULT_WINDOW_WEIGHTS: dict[str, float] = {
-    "abdomen": 0.2,
-    "soft_tissue": 0.2,
-    "liver": 0.15,
-    "minmax": 0.15,
-    "random": 0.3,
+    "abdomen": 0.17,
+    "soft_tissue": 0.17,
+    "liver": 0.13,
+    "minmax": 0.13,
+    "narrow": 0.15,
+    "random": 0.25,
 }
 
 
@@ -101,6 +105,9 @@ def random_render(hu: np.ndarray, rng: np.random.Generator, *, options: RenderOp
     if kind == "random":
         width = float(np.exp(rng.uniform(np.log(150.0), np.log(1500.0))))
         level = float(rng.uniform(-50.0, 200.0))
+    elif kind == "narrow":
+        width = float(np.exp(rng.uniform(np.log(180.0), np.log(320.0))))
+        level = float(rng.uniform(90.0, 160.0))
     else:
         width, level = NAMED_WINDOWS_HU[kind]
         width *= float(rng.uniform(0.85, 1.15))

@@ -172,6 +172,9 @@ class DisplaySliceDataset(PatchDataset):
         render: the export simulation's probabilities.
         samples_per_epoch, foreground_fraction, tumor_fraction, augment, synthetic_tumors,
         seed, liver_only_synthetic_annotated: as for ``PatchDataset``.
+        liver_only_tumor_free: liver-only *volumes* count as tumor-free livers (fully
+            supervised, e.g. CHAOS, 3D-IRCADb 7); the real 8-bit slices stay liver-only
+            (marginal loss) whatever this says, since their livers may hold tumors.
 
     Returns the same dict as ``PatchDataset``; ``case_index`` is ``len(cases) + j`` for image j.
     """
@@ -191,6 +194,7 @@ class DisplaySliceDataset(PatchDataset):
         synthetic_tumors: SyntheticTumors | None = None,
         seed: int = 0,
         liver_only_synthetic_annotated: bool = False,
+        liver_only_tumor_free: bool = False,
     ) -> None:
         if plan.input_kind != "display" or len(plan.patch_size) != 2:
             raise ValueError("DisplaySliceDataset needs a 2D plan with input_kind='display'")
@@ -201,6 +205,7 @@ class DisplaySliceDataset(PatchDataset):
             tumor_fraction=tumor_fraction, augment=augment, synthetic_tumors=synthetic_tumors, seed=seed,
             mirror=False, liver_only_synthetic_annotated=liver_only_synthetic_annotated,
         )
+        self.liver_only_tumor_free = bool(liver_only_tumor_free)
         self.images = list(images)
         self.image_fraction = float(image_fraction) if self.images else 0.0
         self.render = render
@@ -239,7 +244,8 @@ class DisplaySliceDataset(PatchDataset):
                 width, level = self.plan.display_window_hu  # type: ignore[misc]
                 pixels = render_window(hu[0], width_hu=width, level_hu=level)
             label = lab[0]
-            annotated = case.tumor_annotated or (synthetic and self.liver_only_synthetic_annotated)
+            annotated = (case.tumor_annotated or self.liver_only_tumor_free
+                         or (synthetic and self.liver_only_synthetic_annotated))
             case_index = spec.case_index
         if self.augmenter is not None:
             pixels, label = degrade(pixels, label, rng, options=self.render)
@@ -294,4 +300,5 @@ def display_slice_dataset(
         synthetic_tumors=synthetic_tumors,
         seed=seed,
         liver_only_synthetic_annotated=stage.liver_only_synthetic_annotated,
+        liver_only_tumor_free=getattr(stage, "liver_only", "marginal") == "tumor_free",
     )

@@ -227,3 +227,53 @@ def test_check_geometry_accepts_real_ct_sizes():
     check_geometry("ct", (1, 512, 512), None)
     with pytest.raises(DimensionError):
         check_geometry("ct", (10, 512, 512), (float("nan"), 1, 1))
+
+
+# --------------------------------------------------------------------------- found by tests/test_fuzz_readers.py
+
+
+def test_unknown_nifti_unit_code_is_a_corrupt_file_not_a_key_error(tmp_path):
+    raw = bi.nifti_bytes(np.zeros((20, 20, 5), np.int16), patch={bi.XYZT_UNITS: bytes([59])})
+    with pytest.raises(CorruptFileError, match="xyzt_units 59"):
+        read_volume(bi.write(tmp_path / "units.nii", raw))
+
+
+def test_metaimage_with_negative_ndims_is_refused_before_simpleitk_hangs(tmp_path):
+    header = ("ObjectType = Image\nNDims = -5\nDimSize = 3\nElementType = MET_SHORT\n"
+              "ElementDataFile = LOCAL\n").encode()
+    t0 = time.perf_counter()
+    with pytest.raises(CorruptFileError, match="NDims"):
+        read_volume(bi.write(tmp_path / "neg.mha", header + bytes(10)))
+    assert time.perf_counter() - t0 < 2
+
+
+@pytest.mark.parametrize("field, value", [("DimSize", "32 32"), ("DimSize", "32 -1 4"), ("DimSize", "a b c"),
+                                          ("ElementNumberOfChannels", "0")])
+def test_metaimage_counts_are_checked(tmp_path, field, value):
+    fields = {"NDims": "3", "DimSize": "32 32 4", "ElementNumberOfChannels": "1"}
+    fields[field] = value
+    header = "ObjectType = Image\n" + "".join(f"{k} = {v}\n" for k, v in fields.items())
+    header += "ElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    with pytest.raises(CorruptFileError, match=field):
+        read_volume(bi.write(tmp_path / "x.mha", header.encode() + bytes(2 * 32 * 32 * 4)))
+
+
+def test_list_of_data_files_with_binary_names_is_refused(tmp_path):
+    header = ("ObjectType = Image\nNDims = 3\nDimSize = 4 4 1\nElementType = MET_SHORT\n"
+              "ElementDataFile = LIST\n").encode() + b"\x00\x00slice.raw\n"
+    with pytest.raises(CorruptFileError, match="binary bytes"):
+        read_volume(bi.write(tmp_path / "list.mhd", header))
+
+
+def test_damaged_dicom_element_is_a_corrupt_file(tmp_path):
+    path = bi.dicom_series(tmp_path / "s", n=1)[0]
+    import pydicom
+
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"\x18\x00\x50\x00")  # (0018,0050) SliceThickness: give it an unknown VR
+    assert at > 0
+    raw[at + 4: at + 6] = b"D\x00"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match="DICOM header is damaged"):
+        read_volume(path)
+    del pydicom

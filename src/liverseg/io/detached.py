@@ -18,7 +18,8 @@ from pathlib import Path
 
 from liverseg.errors import CorruptFileError, UnsafeReferenceError
 
-__all__ = ["UnsafeReferenceError", "detached_data_files", "check_detached_data", "MAX_HEADER_BYTES", "MAX_LIST_FILES"]
+__all__ = ["UnsafeReferenceError", "detached_data_files", "check_detached_data", "check_header_fields",
+           "MAX_HEADER_BYTES", "MAX_LIST_FILES"]
 
 #: Longest text header read (bytes); real MetaImage/NRRD headers are well under 4 KiB.
 MAX_HEADER_BYTES = 1 << 16
@@ -98,7 +99,14 @@ def detached_data_files(path: str | Path, *, fmt: str) -> list[str] | None:
             f"{path.name}: the MetaImage header has no ElementDataFile field, so its voxels cannot be found; "
             "export the image again (an .mha file keeps header and voxels together)"
         )
-    return _expand(value, rest, path.name)
+    names = _expand(value, rest, path.name)
+    for n in names or ():
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in n) or len(n) > 4096:
+            raise CorruptFileError(
+                f"{path.name}: the header names a voxel file with control characters or binary bytes in its name "
+                f"({n[:40]!r}); the header is damaged"
+            )
+    return names
 
 
 def check_detached_data(path: str | Path, *, fmt: str) -> list[Path]:
@@ -139,3 +147,56 @@ def check_detached_data(path: str | Path, *, fmt: str) -> list[Path]:
             )
         resolved.append(real)
     return resolved
+
+
+def _ints(value: str) -> list[int] | None:
+    try:
+        return [int(v) for v in value.split()]
+    except ValueError:
+        return None
+
+
+def check_header_fields(path: str | Path, *, fmt: str) -> None:
+    """Refuse a MetaImage/NRRD text header whose dimension fields are not what the format allows.
+
+    SimpleITK (MetaIO) loops without end on ``NDims = -5``, and trusts other counts, so the
+    fields that size the image (NDims/DimSize/ElementNumberOfChannels, NRRD dimension/sizes)
+    are checked here first: small positive integers, as many sizes as dimensions.
+
+    Raises:
+        CorruptFileError: a missing, negative, zero or non-integer count, with the field's name.
+    """
+    path = Path(path)
+    nrrd = fmt == "nrrd"
+    header, _ = _header_text(path, nrrd=nrrd)
+    fields: dict[str, str] = {}
+    for line in header:
+        if nrrd:
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, _, val = line.partition(":")
+        else:
+            key, sep, val = line.partition("=")
+            if not sep:
+                continue
+        fields[key.strip().lower()] = val.lstrip("=").strip()
+    ndims_key, sizes_key = ("dimension", "sizes") if nrrd else ("ndims", "dimsize")
+    shown = {"ndims": "NDims", "dimsize": "DimSize"}  # the names as the format writes them
+    ndims = _ints(fields.get(ndims_key, ""))
+    if not ndims or len(ndims) != 1 or not 1 <= ndims[0] <= 16:
+        raise CorruptFileError(
+            f"{path.name}: the header's {shown.get(ndims_key, ndims_key)} is {fields.get(ndims_key)!r}, not a number of dimensions "
+            "(1 to 16); the header is damaged"
+        )
+    sizes = _ints(fields.get(sizes_key, ""))
+    if sizes is None or len(sizes) != ndims[0] or any(n < 1 for n in sizes):
+        raise CorruptFileError(
+            f"{path.name}: the header's {shown.get(sizes_key, sizes_key)} is {fields.get(sizes_key)!r}, not {ndims[0]} positive whole "
+            "numbers; the header is damaged"
+        )
+    channels = fields.get("elementnumberofchannels")
+    if not nrrd and channels is not None and (_ints(channels) is None or len(_ints(channels) or []) != 1
+                                             or not 1 <= (_ints(channels) or [0])[0] <= 64):
+        raise CorruptFileError(
+            f"{path.name}: the header's ElementNumberOfChannels is {channels!r}, not 1 to 64; the header is damaged"
+        )

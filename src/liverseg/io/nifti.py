@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from liverseg.errors import CorruptFileError, DimensionError
-from liverseg.io.detached import check_detached_data
+from liverseg.io.detached import check_detached_data, check_header_fields
 from liverseg.io.limits import MAX_AXIS, MAX_VOXELS, check_geometry
 from liverseg.io.volume import Volume
 
@@ -206,7 +206,13 @@ def read_nifti(path: str | Path) -> Volume:
             f"{path.name}: the header gives a voxel size (pixdim) of {zooms[: len(size)]}, with a zero, negative or "
             "non-finite side; the size of the voxels is unknown, so no volume could be measured. Set pixdim in mm"
         )
-    unit = hdr.get_xyzt_units()[0]
+    try:
+        unit = hdr.get_xyzt_units()[0]
+    except KeyError as exc:  # a unit code NIfTI does not define
+        raise CorruptFileError(
+            f"{path.name}: the header's unit code (xyzt_units {int(hdr['xyzt_units'])}) is not a NIfTI unit, so the "
+            "voxel size is unknown; set xyzt_units (e.g. 2 for mm)"
+        ) from exc
     scale = {"meter": 1000.0, "micron": 0.001}.get(unit, 1.0)
     spacing_zyx = [zooms[i] * scale if i < len(zooms) else 1.0 for i in range(3)][::-1]
     shape_zyx = (list(size) + [1])[:3][::-1]
@@ -309,6 +315,7 @@ def read_itk_image(path: str | Path, *, fmt: str) -> Volume:
 
     path = Path(path)
     check_detached_data(path, fmt=fmt)  # before SimpleITK follows a header's path anywhere
+    check_header_fields(path, fmt=fmt)  # before SimpleITK trusts its counts (NDims = -5 hangs MetaIO)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

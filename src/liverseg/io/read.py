@@ -73,6 +73,30 @@ def _read_dicom(
     return vol, datasets
 
 
+@contextlib.contextmanager
+def _damaged_dicom_is_corrupt(path: Path) -> Iterator[None]:
+    """pydicom parses elements lazily: a damaged one raises at first access (NotImplementedError for an
+    unknown VR, ValueError/TypeError/OverflowError for a bad value). Any of those is a damaged file."""
+    import struct
+
+    try:
+        yield
+    except (NotImplementedError, ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error) as exc:
+        from liverseg.errors import CorruptFileError
+
+        tb, in_pydicom = exc.__traceback__, False
+        while tb is not None:  # only pydicom's own parsing errors; a bug of ours stays a bug
+            in_pydicom |= "pydicom" in tb.tb_frame.f_code.co_filename
+            tb = tb.tb_next
+        if not in_pydicom:
+            raise
+
+        raise CorruptFileError(
+            f"{path.name}: a DICOM header is damaged and cannot be parsed ({type(exc).__name__}: {str(exc)[:200]}); "
+            "export the series again"
+        ) from exc
+
+
 def _single_volume_file(root: Path) -> Path | None:
     suffixes = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
     found = [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)]
@@ -122,7 +146,8 @@ def read_volume(
     elif fmt in ("png", "jpeg"):
         vol = read_raster(path, fmt=fmt)
     else:  # dicom, folder, zip
-        vol, _ = _read_dicom(path, fmt, series_uid=series_uid, force=force, keep_datasets=False, limits=limits)
+        with _damaged_dicom_is_corrupt(path):
+            vol, _ = _read_dicom(path, fmt, series_uid=series_uid, force=force, keep_datasets=False, limits=limits)
     vol.metadata.setdefault("warnings", [])
     vol.metadata["source"] = path.name
     for w in vol.metadata["warnings"]:
@@ -161,7 +186,7 @@ def peek_header(path: str | Path) -> HeaderSummary:
     import math
 
     from liverseg.errors import CorruptFileError, UnsupportedFormatError
-    from liverseg.io.detached import check_detached_data
+    from liverseg.io.detached import check_detached_data, check_header_fields
     from liverseg.io.limits import check_geometry, check_pixels
     from liverseg.io.nifti import check_dimensions
 
@@ -192,6 +217,7 @@ def peek_header(path: str | Path) -> HeaderSummary:
         import SimpleITK as sitk
 
         check_detached_data(path, fmt=fmt)
+        check_header_fields(path, fmt=fmt)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:

@@ -195,7 +195,7 @@ def test_upload_nifti_creates_a_queued_study(app, client, tmp_path):
     study_id = body["id"]
     assert body["status"] == "queued" and body["url"] == f"/studies/{study_id}"
     folder = tmp_path / "data" / "studies" / study_id / "input"
-    assert (folder / "scan.nii.gz").read_bytes() == data
+    assert (folder / "DOEJOHN.nii.gz").read_bytes() == data  # under the name given (made safe): the case's name
     page = client.get(f"/studies/{study_id}")
     assert page.status_code == 200 and 'data-status="queued"' in page.text
     s = client.get(f"/studies/{study_id}/status.json").get_json()
@@ -381,7 +381,7 @@ def test_restart_requeues_running_job(tmp_path, app, client):
     app2 = make_app(tmp_path)
     job2 = app2.extensions["liverseg"].store.latest_job(sid)
     assert job2.status == "queued" and "restart" in job2.stage
-    assert (tmp_path / "data" / "studies" / sid / "input" / "scan.nii.gz").is_file()  # nothing uploaded is lost
+    assert (tmp_path / "data" / "studies" / sid / "input" / "s.nii.gz").is_file()  # nothing uploaded is lost
 
 
 def test_restart_fails_a_job_interrupted_too_often(tmp_path):

@@ -30,7 +30,14 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
-    from liverseg.reporting.report import DISCLAIMER, lesion_table, model_info, summary_rows
+    from liverseg.reporting.report import (
+        DISCLAIMER,
+        NO_LIVER_MESSAGE,
+        lesion_table,
+        model_info,
+        no_liver,
+        summary_rows,
+    )
 
     path = Path(path)
     model = model_info(run_info)
@@ -48,6 +55,8 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
         case = run_info.get("case")
         text("Liver and liver-tumor segmentation report" + (f" — {case}" if case else ""), size=14, weight="bold", gap=0.004)
         text(_wrap(DISCLAIMER, 105), size=8.5, weight="bold", color="#b00000", gap=0.01)
+        if run_info.get("note"):
+            text(_wrap("Note given with the upload: " + str(run_info["note"])[:600], 110), size=8.5, gap=0.008)
         text("Summary", size=11, weight="bold", gap=0.002)
         for label, value in summary_rows(analysis):
             fig.text(0.08, y, label, fontsize=9, va="top")
@@ -65,21 +74,24 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
         text("Lesions", size=11, weight="bold", gap=0.004)
         head, rows = lesion_table(analysis)
         if rows:
-            shown = rows[:25]
-            h = min(0.03 + 0.022 * len(shown), y - 0.2)
+            # rows of a fixed height, as many as fit above the footnote and the model lines
+            # (a table scaled into a smaller box overflowed it, over the text below)
+            row_h, head_h = 0.0175, 0.048  # fractions of the page height
+            n_fit = max(1, int((y - 0.21 - head_h) / row_h))
+            shown = rows if len(rows) <= n_fit else rows[: max(1, n_fit - 1)]  # room for "... more lesions"
+            h = head_h + row_h * len(shown)
             ax = fig.add_axes((0.06, y - h, 0.88, h))
             ax.axis("off")
             labels = ["\n".join(textwrap.wrap(h, 11)) for h in head]  # short lines fit the columns
             tab = ax.table(cellText=shown, colLabels=labels, loc="upper left", cellLoc="center")
             tab.auto_set_font_size(False)
             tab.set_fontsize(7.5)
-            tab.scale(1.0, 1.15)
             for (r, _c), cell in tab.get_celld().items():
+                cell.set_height((head_h if r == 0 else row_h) / h)
                 if r == 0:
                     cell.set_facecolor("#eeeeee")
                     cell.set_text_props(fontweight="bold")
-                    cell.set_height(cell.get_height() * 2.6)
-            y -= h + 0.01
+            y -= h + 0.012
             if len(rows) > len(shown):
                 text(f"... and {len(rows) - len(shown)} more lesions (see lesions.csv)", size=8)
             text(
@@ -93,6 +105,8 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
                 size=7.5,
                 color="#444444",
             )
+        elif no_liver(analysis):
+            text(_wrap(NO_LIVER_MESSAGE, 105), size=9, weight="bold", color="#a05a00")
         else:
             text("No liver tumor was found.", size=9)
         # model / run, at the bottom of the page

@@ -84,6 +84,18 @@ def model_info(run_info: dict[str, Any]) -> dict[str, Any]:
     return {"name": m.get("name"), "version": m.get("version"), "sha256": m.get("sha256"), **m}
 
 
+def no_liver(analysis: Analysis) -> bool:
+    """True when the mask holds no liver at all (then "no tumor" would be a misleading thing to say)."""
+    return any(f.code == "no_liver" for f in analysis.flags) or not analysis.liver_voxel_count
+
+
+#: What the reports say instead of "no tumor" when there is no liver.
+NO_LIVER_MESSAGE = (
+    "No liver was found in this image, so nothing was measured and no tumor could be looked for. Check that "
+    "the input is an abdominal CT that covers the liver."
+)
+
+
 def public_run_info(run_info: dict[str, Any]) -> dict[str, Any]:
     """``run_info`` without what only the machine that ran it should know: the model bundle's folder.
 
@@ -271,6 +283,9 @@ def render_html(analysis: Analysis, run_info: dict[str, Any], *, images: dict[st
         images={k: _data_uri(p) for k, p in images.items()},
         created=run_info.get("created") or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         is_2d=analysis.is_2d,
+        no_liver=no_liver(analysis),
+        no_liver_message=NO_LIVER_MESSAGE,
+        note=run_info.get("note") or None,
         recist_note=(
             "RECIST 1.1: a lesion is measurable when its longest axial diameter is at least 10 mm "
             "(twice the slice thickness when slices are thicker than 5 mm); the two largest measurable "

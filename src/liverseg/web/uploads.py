@@ -74,12 +74,28 @@ def study_dir(data_dir: Path, study_id: str) -> Path:
 
 
 def input_path(data_dir: Path, study_id: str) -> Path:
-    """The path to give to ``read_volume``/``run_case``: the single file, or the input folder."""
+    """The path to give to ``read_volume``/``run_case``: the input's single file or folder, else the input folder.
+
+    Uploads are stored under the name the user gave (made safe), so the case, and the reports'
+    titles, carry it: ``input/CT_abdomen.nii.gz``, ``input/PATIENT_DICOM/`` (a zip or a folder).
+    """
     folder = study_dir(data_dir, study_id) / "input"
     entries = [p for p in folder.iterdir()] if folder.is_dir() else []
-    if len(entries) == 1 and entries[0].is_file() and entries[0].name.startswith("scan"):
+    if len(entries) == 1:
         return entries[0]
     return folder
+
+
+def _safe_stem(name: str) -> str:
+    """The user's file or folder name without its image suffix, made safe to store (``scan`` when nothing is left)."""
+    base = name.replace("\\", "/").rstrip("/").split("/")[-1]
+    lower = base.lower()
+    for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".zip", ".dcm", ".png", ".jpg", ".jpeg"):
+        if lower.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    stem = secure_filename(base)[:80].strip("._") or "scan"
+    return "scan" if stem.lower() in ("input", "output") else stem
 
 
 def output_dir(data_dir: Path, study_id: str) -> Path:
@@ -206,7 +222,7 @@ def save_upload(
             fmt = sniff_format(saved[0])
             input_name = first_name.split("/")[-1]
             if fmt == "zip":
-                extracted = inp / "extracted"
+                extracted = inp / _safe_stem(input_name)
                 limits = ArchiveLimits(max_total_bytes=max(int(expansion_ratio * n_bytes), expansion_free_bytes, 1),
                                        max_files=max(max_files, 1), max_ratio=max(expansion_ratio, 1.5),
                                        ratio_min_bytes=expansion_free_bytes)
@@ -221,7 +237,7 @@ def save_upload(
                 header = peek_header(saved[0])
                 check_segmentable(header.shape_zyx, name=input_name)
                 _check_expansion(header.decoded_bytes, n_bytes, input_name, **limit)  # type: ignore[arg-type]
-                os.replace(saved[0], inp / ("scan" + _SUFFIX[fmt]))
+                os.replace(saved[0], inp / (_safe_stem(input_name) + _SUFFIX[fmt]))
                 kind, n_files = "file", 1
             else:  # pragma: no cover - sniff_format answers only the formats above
                 raise InputError(f"{input_name}: unsupported content ({fmt})")
@@ -240,6 +256,10 @@ def save_upload(
                 )
             top = first_name.split("/")[0] if "/" in first_name else f"{len(saved)} files"
             _check_expansion(_dicom_bytes(dicoms), n_bytes, top, **limit)  # type: ignore[arg-type]
+            series = inp / (_safe_stem(top) if "/" in first_name else "series")
+            series.mkdir()
+            for p in saved:
+                os.replace(p, series / p.name)
             input_name, kind, fmt, n_files = top, "folder", "dicom", len(saved)
         if target.exists():
             raise FileExistsError(f"study folder {target} already exists")

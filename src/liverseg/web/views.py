@@ -410,6 +410,8 @@ def _view_model(study: Study) -> dict[str, Any]:
         "tumor_area_mm2": a.get("tumor_area_mm2"),
         "tumor_burden_percent": a.get("tumor_burden_percent"),
         "liver_is_lower_bound": a.get("liver_is_lower_bound"),
+        "no_liver": any(f.get("code") == "no_liver" for f in a.get("flags") or [] if isinstance(f, dict))
+        or a.get("liver_voxel_count") == 0,
         "lesions": lesions,
         "flags": a.get("flags") or [],
         "notes": a.get("notes") or [],

@@ -204,7 +204,8 @@
       $(".viewer-panes").addEventListener("wheel", (e) => { e.preventDefault(); go(st.z + (e.deltaY > 0 ? 1 : -1)); }, { passive: false });
       document.addEventListener("keydown", (e) => {
         if (e.target.closest && e.target.closest("input, textarea, select")) return;
-        const step = { ArrowUp: 1, ArrowRight: 1, PageUp: 10, ArrowDown: -1, ArrowLeft: -1, PageDown: -10 }[e.key];
+        // as the wheel: down (ArrowDown, PageDown, wheel towards you) = next slice, up = previous
+        const step = { ArrowDown: 1, ArrowRight: 1, PageDown: 10, ArrowUp: -1, ArrowLeft: -1, PageUp: -10 }[e.key];
         if (e.key === "Home") { e.preventDefault(); go(0); } else if (e.key === "End") { e.preventDefault(); go(n - 1); } else if (step) { e.preventDefault(); go(st.z + step); }
       });
     }

@@ -1,0 +1,132 @@
+"""Reports and the dashboard say what happened, in a layout that holds (issue 18, item 8)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liverseg.analysis import analyze
+from liverseg.io import Volume
+from liverseg.reporting import write_report_files
+from liverseg.testing import phantom
+
+from test_web_hardening import FakePredictor, web  # noqa: F401  (fixture)
+from test_web import tiny_nifti
+
+RUN = {"case": "CT abdomen", "input": "CT abdomen.nii.gz", "note": "follow-up after TACE, compare with May",
+       "model": {"name": "tiny", "sha256": "ab" * 32}}
+
+
+def _many_lesions(n: int = 55) -> tuple[Volume, Volume]:
+    """Up to 50 small lesions in a liver that touches both ends of a thick-slice scan (several flags)."""
+    ct, _ = phantom(shape=(30, 64, 64), spacing=(6.0, 2.0, 2.0), lesions=())
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[:, 8:56, 8:56] = 1
+    k = 0
+    for z in range(1, 29, 3):
+        for y in range(12, 52, 8):
+            if k < n:
+                labels[z, y:y + 2, 12 + (k % 5) * 8: 14 + (k % 5) * 8] = 2
+                k += 1
+    return ct, ct.with_array(labels, is_hu=False)
+
+
+def _page_one(tmp_path, ct, labels, run=RUN, monkeypatch=None):
+    """Write the reports; return page 1 of the PDF as a matplotlib figure (captured as it is saved)."""
+    from matplotlib.backends import backend_pdf
+
+    pages = []
+    original = backend_pdf.PdfPages.savefig
+
+    def keep(self, figure=None, **kw):
+        pages.append(figure)
+        return original(self, figure, **kw)
+
+    monkeypatch.setattr(backend_pdf.PdfPages, "savefig", keep)
+    paths = write_report_files(tmp_path / "out", ct=ct, labels=labels, analysis=analyze(labels, ct), run_info=run)
+    return pages[0], paths
+
+
+def test_pdf_lesion_table_never_runs_over_the_text_below(tmp_path, monkeypatch):
+    ct, labels = _many_lesions()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig, _ = _page_one(tmp_path, ct, labels, monkeypatch=monkeypatch)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    tables = [a for ax in fig.axes for a in ax.tables]
+    assert len(tables) == 1
+    table_bottom = tables[0].get_window_extent(renderer).y0
+    below = [t for t in fig.texts if t.get_text().startswith(("... and", "RECIST 1.1"))]
+    assert len(below) == 2, [t.get_text()[:30] for t in fig.texts]
+    for t in below:
+        assert t.get_window_extent(renderer).y1 <= table_bottom + 1, t.get_text()[:40]
+    footer = [t for t in fig.texts if t.get_text().startswith("Model:")][0]
+    assert min(t.get_window_extent(renderer).y0 for t in below) >= footer.get_window_extent(renderer).y1
+
+
+def test_upload_note_reaches_html_and_pdf(tmp_path, monkeypatch):
+    ct, labels = _many_lesions(3)
+    fig, paths = _page_one(tmp_path, ct, labels, monkeypatch=monkeypatch)
+    assert "follow-up after TACE" in paths["html"].read_text()
+    assert any("follow-up after TACE" in t.get_text() for t in fig.texts)
+
+
+def test_a_study_without_liver_says_so_instead_of_no_tumor(tmp_path, monkeypatch):
+    ct, _ = phantom(shape=(8, 40, 40), spacing=(4.0, 2.0, 2.0), lesions=())
+    labels = ct.with_array(np.zeros(ct.shape, np.uint8), is_hu=False)
+    fig, paths = _page_one(tmp_path, ct, labels, monkeypatch=monkeypatch)
+    html = paths["html"].read_text()
+    assert "No liver was found" in html and "No liver tumor was found" not in html
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert "No liver was found" in texts and "No liver tumor was found" not in texts
+
+
+def test_dashboard_without_liver_shows_no_green_donut(web, tmp_path):  # noqa: F811
+    class NoLiver(FakePredictor):
+        def predict(self, ct, **kw):
+            out = super().predict(ct, **kw)
+            out.labels.array[:] = 0
+            return out
+
+    app, c, h = web(predictor=NoLiver())
+    sid = c.post("/api/studies", headers=h, content_type="multipart/form-data",
+                 data={"files": [(io.BytesIO(tiny_nifti(tmp_path / "x.nii.gz").read_bytes()), "x.nii.gz")]}
+                 ).get_json()["id"]
+    app.extensions["liverseg"].pool.run_pending()
+    page = c.get(f"/studies/{sid}").text
+    assert 'id="no-liver"' in page and "Liver without tumor" not in page
+    assert "No tumor was found in the liver" not in page and "No liver was found, so no tumor" in page
+
+
+def test_report_title_names_the_upload_not_the_storage_folder(web, tmp_path):  # noqa: F811
+    app, c, h = web()
+    sid = c.post("/api/studies", headers=h, content_type="multipart/form-data",
+                 data={"files": [(io.BytesIO(tiny_nifti(tmp_path / "x.nii.gz").read_bytes()), "Liver CT May.nii.gz")],
+                       "note": "baseline"}).get_json()["id"]
+    app.extensions["liverseg"].pool.run_pending()
+    html = c.get(f"/api/studies/{sid}/files/report.html", headers=h).text
+    title = re.search(r"<title>(.*?)</title>", html).group(1)
+    assert title.endswith("Liver_CT_May") and "— input" not in title and "— scan" not in title
+    assert "baseline" in html
+
+
+def test_arrow_keys_and_wheel_step_the_same_way():
+    js = (Path(__file__).parents[1] / "src/liverseg/web/static/app.js").read_text()
+    keys = re.search(r"const step = \{([^}]*)\}\[e\.key\]", js).group(1)
+    steps = {k.strip(): int(v) for k, v in (kv.split(":") for kv in keys.split(","))}
+    wheel = re.search(r'"wheel", \(e\) => \{[^}]*e\.deltaY > 0 \? (-?\d+) : (-?\d+)', js)
+    wheel_down = int(wheel.group(1))
+    assert np.sign(steps["ArrowDown"]) == np.sign(wheel_down) == np.sign(steps["PageDown"])
+    assert np.sign(steps["ArrowUp"]) == -np.sign(wheel_down)
+
+
+def test_long_names_wrap_in_the_page_css():
+    css = (Path(__file__).parents[1] / "src/liverseg/web/static/app.css").read_text()
+    rule = re.search(r"([^{}]*)\{[^}]*overflow-wrap: anywhere", css)
+    assert rule and all(sel in rule.group(1) for sel in (".page-head h1", ".dialog", "td a"))

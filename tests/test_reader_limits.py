@@ -277,3 +277,14 @@ def test_damaged_dicom_element_is_a_corrupt_file(tmp_path):
     with pytest.raises(CorruptFileError, match="DICOM header is damaged"):
         read_volume(path)
     del pydicom
+
+
+def test_info_json_of_an_image_with_nan_is_valid_json(tmp_path, capsys):
+    data = np.full((20, 20, 5), 40.0, np.float32)
+    data[0, 0, 0] = np.nan
+    data[1, 0, 0] = np.inf
+    p = bi.write(tmp_path / "nan.nii", bi.nifti_bytes(data))
+    assert main(["info", "--json", str(p)]) == 0
+    info = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert info["intensity_max"] == 40.0 and info["non_finite_voxels"] == 2
+    assert main(["info", str(p)]) == 0 and "2 voxels NaN or infinite" in capsys.readouterr().out

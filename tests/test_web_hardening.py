@@ -347,3 +347,20 @@ def test_waitress_gets_connection_limits_and_timeouts(monkeypatch, tmp_path):
     assert seen["connection_limit"] <= 200 and seen["channel_timeout"] <= 60
     assert seen["max_request_body_size"] > 2 * 1024**3  # Flask answers 413 (JSON) first
     assert seen["umask"] == 0o077
+
+
+def test_a_full_disk_is_507_with_a_message_and_leaves_nothing(web, tmp_path, monkeypatch):
+    import errno
+
+    from werkzeug.datastructures import FileStorage
+
+    app, c, h = web()
+
+    def full(self, dst, buffer_size=16384):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileStorage, "save", full)
+    r = _post(c, h, [_nifti_upload(tmp_path)])
+    assert r.status_code == 507 and "disk is full" in r.get_json()["error"]
+    data_dir = app.extensions["liverseg"].data_dir
+    assert not any((data_dir / "studies").iterdir()) and not any((data_dir / "tmp").iterdir())

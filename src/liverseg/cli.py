@@ -64,7 +64,9 @@ def _run_info(args: argparse.Namespace) -> int:
     from liverseg.io import describe, format_description
 
     info = describe(args.path, series_uid=args.series_uid, force=args.force)
-    sys.stdout.write((json.dumps(info, indent=2, default=str) if args.json else format_description(info)) + "\n")
+    # allow_nan=False: describe() gives None for what JSON cannot hold, so the output always parses
+    text = json.dumps(info, indent=2, default=str, allow_nan=False) if args.json else format_description(info)
+    sys.stdout.write(text + "\n")
     return 0
 
 

@@ -344,6 +344,12 @@ def _orientation_code(direction: np.ndarray) -> str | None:
     return code if len(set(code.replace("R", "L").replace("A", "P").replace("I", "S"))) == 3 else None
 
 
+def _finite(x: Any) -> float | None:
+    """A float, or None for NaN/infinity (JSON has neither)."""
+    v = float(x)
+    return v if np.isfinite(v) else None
+
+
 def describe(path: str | Path, *, series_uid: str | None = None, force: bool = False) -> dict[str, Any]:
     """What liverseg reads from ``path``: format, modality, geometry, intensity range, series, warnings.
 
@@ -353,6 +359,7 @@ def describe(path: str | Path, *, series_uid: str | None = None, force: bool = F
     """
     vol = read_volume(path, series_uid=series_uid, force=force)
     a = vol.array
+    fin = a[np.isfinite(a)] if a.dtype.kind == "f" else a.ravel()  # the range of the finite values
     meta = vol.metadata
     info: dict[str, Any] = {
         "path": str(path),
@@ -367,9 +374,10 @@ def describe(path: str | Path, *, series_uid: str | None = None, force: bool = F
         "origin_mm_xyz": [round(o, 4) for o in vol.origin],
         "direction": [[round(float(v), 6) for v in row] for row in vol.direction],
         "orientation": _orientation_code(vol.direction),
-        "intensity_min": float(a.min()),
-        "intensity_max": float(a.max()),
-        "intensity_mean": round(float(a.mean(dtype=np.float64)), 2),
+        "intensity_min": _finite(fin.min()) if fin.size else None,
+        "intensity_max": _finite(fin.max()) if fin.size else None,
+        "intensity_mean": _finite(round(float(fin.mean(dtype=np.float64)), 2)) if fin.size else None,
+        "non_finite_voxels": int(a.size - fin.size),
         "warnings": list(meta.get("warnings", [])),
     }
     if "dicom" in meta:
@@ -391,6 +399,10 @@ def format_description(info: dict[str, Any]) -> str:
         return "unknown" if v is None else " x ".join(f"{x:g}" for x in v) + unit
 
     unit = "HU" if info.get("is_hu") else "(raw intensity, not HU)"
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:g}"
+
     lines = [
         f"file:        {info['path']}",
         f"format:      {info['format']}",
@@ -401,7 +413,9 @@ def format_description(info: dict[str, Any]) -> str:
         f"origin:      {fmt_vec(info['origin_mm_xyz'], ' mm')} (x, y, z, LPS)",
         f"orientation: {info.get('orientation') or 'oblique'} (index axes x, y, z point to)",
         f"direction:   {info['direction']}",
-        f"range:       {info['intensity_min']:g} .. {info['intensity_max']:g} {unit}, mean {info['intensity_mean']:g}",
+        f"range:       {num(info['intensity_min'])} .. {num(info['intensity_max'])} {unit}, "
+        f"mean {num(info['intensity_mean'])}"
+        + (f"  ({info['non_finite_voxels']} voxels NaN or infinite)" if info.get("non_finite_voxels") else ""),
         f"dtype:       {info['dtype']}",
     ]
     if "series_uid" in info:

@@ -364,3 +364,30 @@ def test_a_full_disk_is_507_with_a_message_and_leaves_nothing(web, tmp_path, mon
     assert r.status_code == 507 and "disk is full" in r.get_json()["error"]
     data_dir = app.extensions["liverseg"].data_dir
     assert not any((data_dir / "studies").iterdir()) and not any((data_dir / "tmp").iterdir())
+
+
+def test_a_small_upload_gets_a_short_time_limit(web, tmp_path, monkeypatch):
+    import liverseg.web.jobs as jobs
+
+    assert jobs.job_time_limit(2 * 2**20, 1800) == 60.0  # no upload of 2 MiB holds a worker past a minute
+    assert jobs.job_time_limit(500 * 2**20, 1800) == 1800  # a real CT gets the pool's limit
+    monkeypatch.setattr(jobs, "JOB_BASE_S", 0.3)
+    monkeypatch.setattr(jobs, "JOB_S_PER_MIB", 0.0)
+    app, c, h = web(predictor=FakePredictor(lambda k: time.sleep(0.2), steps=50))  # pool limit: 1800 s
+    sid = _post(c, h, [_nifti_upload(tmp_path)]).get_json()["id"]
+    t0 = time.perf_counter()
+    app.extensions["liverseg"].pool.run_pending()
+    assert time.perf_counter() - t0 < 3
+    assert "time limit of 0.3 s" in c.get(f"/api/studies/{sid}", headers=h).get_json()["error"]
+
+
+def test_huge_voxels_are_not_upsampled_a_thousandfold(tiny_bundle_3d):
+    from liverseg.errors import DimensionError
+    from liverseg.inference import Predictor
+    from liverseg.io import Volume
+
+    # 16 x 40 x 40 voxels of 30 x 15 x 15 mm pass the readers (480 x 600 x 600 mm) but would become
+    # millions of voxels on the model's grids
+    ct = Volume(array=np.full((16, 40, 40), 40, np.int16), spacing=(30.0, 15.0, 15.0))
+    with pytest.raises(DimensionError, match="far coarser than a CT"):
+        Predictor(tiny_bundle_3d, model_2d=None, threads=1).predict(ct)

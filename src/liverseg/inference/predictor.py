@@ -44,7 +44,7 @@ from liverseg.analysis.confidence import TumorProbability, drop_unconfident_lesi
 from liverseg.errors import DimensionError, InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.io.volume import Volume
-from liverseg.io.limits import MAX_STAGE_VOXELS, check_segmentable
+from liverseg.io.limits import MAX_STAGE_VOXELS, MAX_UPSAMPLING, UPSAMPLING_FREE_VOXELS, check_segmentable
 from liverseg.models.bundle import ModelBundle, Stage, load_bundle
 from liverseg.models.bundle import _resolve as _resolve_bundle
 from liverseg.preprocessing.orientation import Reorientation
@@ -606,6 +606,14 @@ class Predictor:
             target = resampled_shape(hu.shape, spacing, plan.spacing_mm)
             if nd == 2:
                 target = (1, *target[1:])
+        n_in = math.prod(hu.shape)
+        if math.prod(target) > max(MAX_UPSAMPLING * n_in, UPSAMPLING_FREE_VOXELS):  # huge voxels: a tiny file, a huge grid
+            raise DimensionError(
+                f"the model's {stage.name} stage would resample this scan's {n_in} voxels to "
+                f"{math.prod(target)} ({' x '.join(map(str, target))} at {plan.spacing_mm} mm), more than "
+                f"{MAX_UPSAMPLING}-fold: its voxels ({' x '.join(f'{s:g}' for s in spacing or ())} mm) are far coarser "
+                "than a CT's. Check the voxel size in the header"
+            )
         if math.prod(target) > MAX_STAGE_VOXELS:  # before the grid is built: its memory is ~50 bytes a voxel
             raise DimensionError(
                 f"the model's {stage.name} stage would resample this scan to {' x '.join(map(str, target))} voxels "

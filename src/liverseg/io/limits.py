@@ -24,6 +24,8 @@ __all__ = [
     "MIN_INPLANE_VOXELS",
     "MAX_SLICE_PIXELS",
     "MAX_STAGE_VOXELS",
+    "MAX_UPSAMPLING",
+    "UPSAMPLING_FREE_VOXELS",
     "check_geometry",
     "check_pixels",
     "check_segmentable",
@@ -41,12 +43,17 @@ MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 30.0
 #: Largest physical extent per axis (mm) as (z, y, x): a whole-body scan is about 2 m long,
 #: a CT's field of view at most about 0.7 m wide.
-MAX_EXTENT_MM = (3000.0, 1000.0, 1000.0)
+MAX_EXTENT_MM = (2000.0, 700.0, 700.0)
 #: Fewest voxels along each in-plane axis of an image liverseg segments.
 MIN_INPLANE_VOXELS = 16
 #: Most voxels of the grid a model stage resamples a scan to (its memory is about 50 bytes a voxel:
-#: 48 Mi voxels, under 3 GB). An abdominal CT at 1.5 mm is about 15 Mi voxels.
-MAX_STAGE_VOXELS = 48 * 2**20
+#: 32 Mi voxels, about 1.7 GB). An abdominal CT at 2 x 1.5 x 1.5 mm is 15-25 Mi voxels.
+MAX_STAGE_VOXELS = 32 * 2**20
+#: A stage's grid may hold at most this many times the scan's own voxels ... (real CT is resampled
+#: to about as many voxels or fewer; a small file with 30 mm voxels would be upsampled a thousandfold)
+MAX_UPSAMPLING = 8
+#: ... or this many voxels, whichever is more.
+UPSAMPLING_FREE_VOXELS = 4 * 2**20
 #: Most pixels of one PNG/JPEG slice (4096 x 4096); a CT slice has 512 x 512.
 MAX_SLICE_PIXELS = 4096 * 4096
 

@@ -25,7 +25,7 @@ from liverseg.errors import InputError, JobCancelledError, LiversegError
 from liverseg.web.store import Store
 from liverseg.web.uploads import input_path, output_dir, study_dir
 
-__all__ = ["DEFAULT_JOB_MEMORY_BYTES", "DEFAULT_JOB_TIMEOUT_S", "run_study_job", "summarize_report", "analysis_of", "WorkerPool", "shared_factory"]
+__all__ = ["DEFAULT_JOB_MEMORY_BYTES", "DEFAULT_JOB_TIMEOUT_S", "job_time_limit", "run_study_job", "summarize_report", "analysis_of", "WorkerPool", "shared_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,27 @@ STAGE_WORDS = {
 
 #: Default time limit of one job (seconds); a CT takes a few minutes on two CPU cores.
 DEFAULT_JOB_TIMEOUT_S = 1800.0
+#: A job's time limit grows with its upload: this many seconds ...
+JOB_BASE_S = 45.0
+#: ... plus this many per MiB uploaded (a 2 MiB upload: 60 s; a real CT of 100 MiB: about 13 min), up to
+#: the pool's ``timeout_s``. A CT takes about 10 s here (30 s with TTA), a slice 0.1 s.
+JOB_S_PER_MIB = 7.5
+
+
+def job_time_limit(n_bytes: int, timeout_s: float | None) -> float | None:
+    """Seconds a job on an upload of ``n_bytes`` may run: ``JOB_BASE_S + JOB_S_PER_MIB`` per MiB, at most ``timeout_s``.
+
+    A tiny upload gets a short leash, so no file of a few MB can hold a worker for long
+    whatever its header says; None: no limit.
+
+    >>> job_time_limit(2 * 2**20, 1800.0)
+    60.0
+    """
+    if timeout_s is None:
+        return None
+    return min(float(timeout_s), JOB_BASE_S + JOB_S_PER_MIB * max(0, int(n_bytes)) / 2**20)
+
+
 #: Default memory limit of one job: growth of the process's resident memory while it runs (bytes).
 DEFAULT_JOB_MEMORY_BYTES = 6 * 2**30
 
@@ -179,7 +200,8 @@ def run_study_job(
     the message as is; anything else: an internal error with its type); nothing is raised.
 
     Args:
-        timeout_s: the job is stopped (failed, with the reason) after this many seconds; None: no limit.
+        timeout_s: the job is stopped (failed, with the reason) after at most this many seconds, fewer for a
+            small upload (:func:`job_time_limit`); None: no limit.
         memory_bytes: ... or when the process grows by more than this many bytes; None: no limit.
 
     A study deleted while its job runs stops the job at its next progress step, and
@@ -199,7 +221,8 @@ def run_study_job(
     t0 = time.monotonic()
     log.info("study %s: job %d started", study_id, job.id)
     try:
-        progress = _Progress(store, job.id, study_id=study_id, timeout_s=timeout_s, memory_bytes=memory_bytes)
+        progress = _Progress(store, job.id, study_id=study_id, timeout_s=job_time_limit(study.n_bytes, timeout_s),
+                             memory_bytes=memory_bytes)
         predictor = predictor_factory()
         progress("read", 0.0)
         report = run_case(

@@ -391,3 +391,14 @@ def test_huge_voxels_are_not_upsampled_a_thousandfold(tiny_bundle_3d):
     ct = Volume(array=np.full((16, 40, 40), 40, np.int16), spacing=(30.0, 15.0, 15.0))
     with pytest.raises(DimensionError, match="far coarser than a CT"):
         Predictor(tiny_bundle_3d, model_2d=None, threads=1).predict(ct)
+
+
+def test_large_binary_uploads_are_not_mistaken_for_a_long_form_field(web):
+    """A form-field cap at werkzeug's read size answered 413 for real zips and scans (their bytes hold CRLFs)."""
+    app, c, h = web()
+    noise = np.random.default_rng(0).integers(0, 256, 3 * 2**20, dtype=np.uint8).tobytes()
+    r = _post(c, h, [(io.BytesIO(b"PK\x03\x04" + noise), "series.zip")])
+    assert r.status_code == 400 and "not a readable zip" in r.get_json()["error"], r.text
+    scan = bi.nifti_bytes(np.random.default_rng(1).integers(-1000, 1000, (64, 64, 64)).astype(np.int16))
+    r = _post(c, h, [(io.BytesIO(scan), "ct.nii")])
+    assert r.status_code == 202, r.text

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
 DEFAULT_MAX_FILES = 5000
-#: Longest text form field (bytes): the note and the CSRF token are far shorter.
-MAX_FORM_FIELD_BYTES = 64 * 1024
+#: Longest text form field (bytes): the note and the CSRF token are far shorter. Werkzeug applies it to each
+#: chunk it buffers while parsing, files included, so it must stay well above its 64 KiB read size.
+MAX_FORM_FIELD_BYTES = 512 * 1024
 #: Longest note kept with a study (characters); a longer one is refused, never cut silently.
 MAX_NOTE_CHARS = 2000
 

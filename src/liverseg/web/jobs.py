@@ -111,6 +111,13 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _seconds(t: float) -> str:
+    """``45 s``, ``0.5 s``, ``30 min``: a time limit as people read it."""
+    if t >= 120:
+        return f"{t / 60:.0f} min"
+    return f"{t:.0f} s" if t >= 10 else f"{t:.2g} s"
+
+
 class _Progress:
     """Writes (stage, fraction) to the store at most every ``every_s`` seconds, or when the stage changes.
 
@@ -143,7 +150,7 @@ class _Progress:
         now = time.monotonic()
         if self.timeout_s is not None and now - self._t0 > self.timeout_s:
             raise JobCancelledError(
-                f"the analysis ran past the server's time limit of {self.timeout_s:g} s and was stopped; the scan "
+                f"the analysis ran past the server's time limit of {_seconds(self.timeout_s)} and was stopped; the scan "
                 "may be far larger than an abdominal CT. Crop it, or ask the administrator to raise the limit"
             )
         if self.memory_bytes is not None and _rss_bytes() - self._rss0 > self.memory_bytes:

@@ -369,7 +369,7 @@ def test_a_full_disk_is_507_with_a_message_and_leaves_nothing(web, tmp_path, mon
 def test_a_small_upload_gets_a_short_time_limit(web, tmp_path, monkeypatch):
     import liverseg.web.jobs as jobs
 
-    assert jobs.job_time_limit(2 * 2**20, 1800) == 60.0  # no upload of 2 MiB holds a worker past a minute
+    assert jobs.job_time_limit(2 * 2**20, 1800) == 55.0  # no upload of 2 MiB holds a worker past a minute
     assert jobs.job_time_limit(500 * 2**20, 1800) == 1800  # a real CT gets the pool's limit
     monkeypatch.setattr(jobs, "JOB_BASE_S", 0.3)
     monkeypatch.setattr(jobs, "JOB_S_PER_MIB", 0.0)

@@ -76,9 +76,9 @@ STAGE_WORDS = {
 #: Default time limit of one job (seconds); a CT takes a few minutes on two CPU cores.
 DEFAULT_JOB_TIMEOUT_S = 1800.0
 #: A job's time limit grows with its upload: this many seconds ...
-JOB_BASE_S = 45.0
-#: ... plus this many per MiB uploaded (a 2 MiB upload: 60 s; a real CT of 100 MiB: about 13 min), up to
-#: the pool's ``timeout_s``. A CT takes about 10 s here (30 s with TTA), a slice 0.1 s.
+JOB_BASE_S = 40.0
+#: ... plus this many per MiB uploaded (a 2 MiB upload: 55 s, stopped within a few seconds of it; a real CT
+#: of 100 MiB: about 13 min), up to the pool's ``timeout_s``. A CT takes about 10 s here (30 s with TTA).
 JOB_S_PER_MIB = 7.5
 
 
@@ -89,7 +89,7 @@ def job_time_limit(n_bytes: int, timeout_s: float | None) -> float | None:
     whatever its header says; None: no limit.
 
     >>> job_time_limit(2 * 2**20, 1800.0)
-    60.0
+    55.0
     """
     if timeout_s is None:
         return None

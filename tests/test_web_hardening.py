@@ -402,3 +402,22 @@ def test_large_binary_uploads_are_not_mistaken_for_a_long_form_field(web):
     scan = bi.nifti_bytes(np.random.default_rng(1).integers(-1000, 1000, (64, 64, 64)).astype(np.int16))
     r = _post(c, h, [(io.BytesIO(scan), "ct.nii")])
     assert r.status_code == 202, r.text
+
+
+def test_a_full_disk_while_a_job_writes_says_so_and_leaves_nothing_half_written(web, tmp_path, monkeypatch):
+    import errno
+
+    import liverseg.io
+
+    app, c, h = web()
+    sid = _post(c, h, [_nifti_upload(tmp_path)]).get_json()["id"]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(liverseg.io, "write_mask", full)
+    app.extensions["liverseg"].pool.run_pending()
+    s = c.get(f"/api/studies/{sid}", headers=h).get_json()
+    assert s["status"] == "failed" and "disk is full" in s["error"] and "internal error" not in s["error"]
+    study = app.extensions["liverseg"].data_dir / "studies" / sid
+    assert not (study / "output").exists() and not any(p.name.startswith(".output") for p in study.iterdir())

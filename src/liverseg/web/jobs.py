@@ -12,6 +12,7 @@ job marks it failed with its reason, and the worker thread goes on.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -261,6 +262,14 @@ def run_study_job(
         reason = _public_reason(f"the analysis failed: {exc}", study, data_dir)
     except MemoryError:
         reason = "the server ran out of memory on this scan; try again later or upload a smaller series"
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            reason = f"internal error ({type(exc).__name__}: {exc}); press Retry, and report it if it happens again"
+            log.error("study %s: job %d crashed (%s)", study_id, job.id, type(exc).__name__)
+        else:
+            reason = "the server's disk is full, so the results could not be written; press Retry later, and tell " \
+                     "the server's administrator"
+            log.error("study %s: job %d: the disk is full", study_id, job.id)
     except Exception as exc:  # a crashed job is marked failed with its reason, never left running
         reason = f"internal error ({type(exc).__name__}: {exc}); press Retry, and report it if it happens again"
         log.error("study %s: job %d crashed (%s)", study_id, job.id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))

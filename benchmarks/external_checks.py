@@ -4,7 +4,8 @@
   stored in RAS order) against TotalSegmentator's own prediction for it (liver = label 5):
   agreement with a strong model, **not** accuracy against an expert.
 * The MSD liver JPEG slices (256 x 256, lossy, some flipped or mirrored augmentations) against
-  their binary liver masks: the 2D upload path end to end (JPEG → pseudo-HU → 2D model).
+  their binary liver masks: the 2D upload path end to end (JPEG → 8-bit display input → 2D model;
+  per source and window: benchmarks/evaluate_2d.py).
 
     .venv/bin/python benchmarks/external_checks.py --data ../shared/data --json external.json
 """

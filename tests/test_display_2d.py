@@ -232,6 +232,9 @@ def test_pixel_size_gives_mm_and_is_recorded(tmp_path, tiny_bundle_3d, display_b
     predictor = Predictor(tiny_bundle_3d, model_2d=display_bundle)
     doc = run_case(png, tmp_path / "out", predictor=predictor, pixel_size_mm=0.7)
     assert doc["run"]["pixel_size_mm"] == 0.7
+    assert any("given by the user" in w for w in doc["run"]["warnings"])
+    assert not any("no voxel size" in w for w in doc["run"]["warnings"])
+    assert doc["analysis"]["liver_area_mm2"] is not None or doc["analysis"]["liver_area_px"] == 0
     assert doc["run"]["input_path_2d"] == "8-bit image (window unknown)"
     plain = run_case(png, tmp_path / "out2", predictor=predictor)
     assert plain["run"]["pixel_size_mm"] is None

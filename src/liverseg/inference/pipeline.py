@@ -132,6 +132,10 @@ def with_pixel_size(ct: Volume, pixel_size_mm: float) -> Volume:
         return dataclasses.replace(ct, metadata=meta)
     px = float(pixel_size_mm)
     meta["pixel_size_mm_given"] = px
+    # the reader's "no voxel size" warning no longer holds: say what replaced it
+    meta["warnings"] = [w for w in meta.get("warnings", []) if "no voxel size" not in str(w)] + [
+        f"pixel size {px:g} mm given by the user (the file does not state it): areas are in mm²; "
+        "the slice thickness is unknown"]
     return dataclasses.replace(ct, spacing=(px, px, px), metadata=meta)
 
 

@@ -25,17 +25,22 @@ def test_keeps_the_largest_liver_component():
     assert int((out > 0).sum()) == 6 * 12 * 12
 
 
-def test_tumor_beyond_the_dilated_liver_is_removed():
+def test_tumor_that_only_hangs_on_the_liver_goes_a_lesion_at_its_surface_stays_whole():
     lab = _liver_block()
     lab[4:6, 8:10, 8:10] = 2  # inside the liver: kept
-    lab[4:6, 8:10, 16:20] = 2  # a tumor "finger" out of the liver's x = 15 edge, 4 mm long, attached
-    out = postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_tumor_volume_mm3=0, liver_dilation_mm=2.0)
+    lab[4:6, 8:10, 16:20] = 2  # a tumor "finger" beyond the liver's x = 15 edge, touching it by one face
+    # a subcapsular lesion at the y = 4 surface, half in the liver and half bulging out of it
+    lab[3:7, 1:7, 8:12] = 2
+    out = postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_tumor_volume_mm3=0)
     res = out.labels
     assert (res[4:6, 8:10, 8:10] == 2).all()
-    # within 2 mm of the liver edge (x = 16, 17) it stays, beyond (x = 18, 19) it goes
-    assert (res[4:6, 8:10, 16:18] == 2).all()
-    assert (res[4:6, 8:10, 18:20] == 0).all()
-    assert out.removed_tumor_outside_liver_voxels == 2 * 2 * 2
+    assert (res[4:6, 8:10, 16:20] == 0).all()  # 4 of its 40 shell voxels are liver: below 20 %
+    assert out.removed_tumor_outside_liver_voxels == 2 * 2 * 4
+    assert (res[3:7, 1:7, 8:12] == 2).all()  # kept whole, also where it lies outside the outline
+    keep_all = postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_tumor_volume_mm3=0, min_liver_contact=0.0).labels
+    assert (keep_all[4:6, 8:10, 16:20] == 2).all()
+    with pytest.raises(ValueError, match="min_liver_contact"):
+        postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_liver_contact=1.5)
 
 
 def test_tumor_specks_below_the_minimum_volume_become_liver():

@@ -4,8 +4,16 @@ The rules, applied in this order on the mask's own grid:
 
 1. keep the largest connected component of the liver (liver + tumor, 26-connectivity);
    everything else is background;
-2. keep tumor only inside the liver's region: the liver (label 1) with its holes
-   filled, dilated by ``liver_dilation_mm``; tumor outside it becomes background;
+2. judge each tumor component (26-connected) whole by its contact with the liver: the
+   share of the voxels just outside it (its one-voxel shell) that are liver parenchyma.
+   A component that merely hangs on the liver (below ``min_liver_contact``, e.g. a blob in
+   the heart or stomach touching the liver's edge) becomes background; any other is kept
+   whole, so a subcapsular or exophytic lesion, which bulges out of the liver's outline
+   (about half its shell is liver), is never cut at the outline. (An earlier rule kept
+   tumor only within ``liver_dilation_mm`` of the hole-filled liver: on 3D-IRCADb 17 it
+   removed both real lesions, which lie at the liver's surface, and kept the false ones
+   inside it: tumor Dice 0.47 before, 0.14 after.) ``liver_dilation_mm`` is kept for
+   compatibility and sizes nothing now;
 3. fill holes: background enclosed by the liver becomes liver, liver enclosed by
    tumor becomes tumor (3D, and slice by slice in the axial plane);
 4. tumor components smaller than ``min_tumor_volume_mm3`` become liver (they lie
@@ -135,6 +143,7 @@ def postprocess_labels(
     spacing: Sequence[float] | None,
     min_tumor_volume_mm3: float = 10.0,
     liver_dilation_mm: float = 3.0,
+    min_liver_contact: float = 0.2,
 ) -> PostprocessResult:
     """Clean a (z, y, x) label mask (see the module docstring for the rules).
 
@@ -143,7 +152,9 @@ def postprocess_labels(
         spacing: voxel size (z, y, x) in mm, or ``None`` when unknown (then no mm-based
             size rule applies and the liver is dilated by one pixel).
         min_tumor_volume_mm3: tumor components smaller than this (mm³) become liver; 0 keeps all.
-        liver_dilation_mm: how far (mm) tumor may reach beyond the liver's outline.
+        liver_dilation_mm: unused since rule 2 judges whole components (kept so old calls work).
+        min_liver_contact: tumor components whose one-voxel shell is less than this share
+            (0–1) liver parenchyma become background.
 
     Returns:
         a :class:`PostprocessResult` with a new uint8 mask.
@@ -156,6 +167,8 @@ def postprocess_labels(
         raise ValueError(f"labels must be a (z, y, x) array; got shape {labels.shape}")
     if min_tumor_volume_mm3 < 0 or liver_dilation_mm < 0:
         raise ValueError("min_tumor_volume_mm3 and liver_dilation_mm must be >= 0")
+    if not 0.0 <= min_liver_contact <= 1.0:
+        raise ValueError(f"min_liver_contact must be a share in [0, 1]; got {min_liver_contact}")
     if labels.size and (labels.min() < 0 or labels.max() > 2):
         raise ValueError(f"labels must be 0, 1 or 2; got values in [{labels.min()}, {labels.max()}]")
     if spacing is not None:
@@ -180,15 +193,15 @@ def postprocess_labels(
     lab, fg = lab[inner], fg[inner]
     liver = fg & (lab == 1)
     tumor = fg & (lab == 2)
-    liver_filled = fill_holes(liver)
-    outside = tumor & ~liver_filled
-    if outside.any() and liver.any():
-        # tumor outside the liver's outline: keep what lies within the dilation, computed only around it
-        half = [s // 2 for s in struct.shape]
-        near = tuple(
-            slice(max(0, int(idx.min()) - h), int(idx.max()) + h + 1) for idx, h in zip(np.nonzero(outside), half)
-        )
-        outside[near] &= ~ndimage.binary_dilation(liver_filled[near], structure=struct)
+    outside = np.zeros(tumor.shape, bool)
+    if tumor.any() and liver.any():
+        comp, n = ndimage.label(tumor, structure=_FULL_3D)
+        for k, sl in enumerate(ndimage.find_objects(comp), start=1):
+            grow = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in sl)
+            m = comp[grow] == k
+            shell = ndimage.binary_dilation(m) & ~m
+            if liver[grow][shell].mean() < min_liver_contact:
+                outside[grow] |= m
     result.removed_tumor_outside_liver_voxels = int(outside.sum())
     tumor &= ~outside
     liver_all = fill_holes(liver | tumor)

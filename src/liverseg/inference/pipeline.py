@@ -222,7 +222,9 @@ def run_case(
 
     report("analyze", 0.8)
     t0 = time.perf_counter()
-    analysis = analyze(prediction.labels, ct, tumor_probability=prediction.tumor_probability)
+    rule = predictor.lesion_confidence_rule("2d" if ct.is_2d else "3d")
+    analysis = analyze(prediction.labels, ct, tumor_probability=prediction.tumor_probability,
+                       flag_below=rule["flag_below"])
     timings["analyze"] = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)

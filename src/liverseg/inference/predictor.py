@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from liverseg.analysis.confidence import TumorProbability, drop_unconfident_lesions
+from liverseg.analysis.confidence import LOW_CONFIDENCE, TumorProbability, drop_unconfident_lesions
 from liverseg.errors import DimensionError, InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.io.volume import Volume
@@ -192,7 +192,9 @@ class Predictor:
         sw_batch_size: windows per network call.
         liver_dilation_mm: how far (mm) tumor may reach beyond the liver's outline.
         min_lesion_confidence: lesions whose mean tumor probability (0–1, see
-            :mod:`liverseg.analysis.confidence`) is below this become liver; 0 keeps all.
+            :mod:`liverseg.analysis.confidence`) is below this become liver; 0 keeps all;
+            None (default): the 3D bundle's own rule (config.json ``lesion_confidence``
+            ``drop_below``, chosen on held-out cases; 0 when the bundle has none).
 
     Bundles are loaded (and their sha256 checked) when first needed; :meth:`load` loads them now.
     One Predictor may serve several threads.
@@ -217,7 +219,7 @@ class Predictor:
         engine: Literal["torch", "onnx"] = "torch",
         sw_batch_size: int = 1,
         liver_dilation_mm: float = 3.0,
-        min_lesion_confidence: float = 0.0,
+        min_lesion_confidence: float | None = None,
     ) -> None:
         for name, source in (("model", model), ("model_2d", model_2d)):
             if source is None and name == "model":
@@ -230,7 +232,8 @@ class Predictor:
         if not isinstance(tta, bool):
             raise TypeError(f"tta must be True or False; got {type(tta).__name__} {tta!r}")
         for name, value in (("overlap", overlap), ("min_tumor_volume_mm3", min_tumor_volume_mm3),
-                            ("liver_dilation_mm", liver_dilation_mm), ("min_lesion_confidence", min_lesion_confidence)):
+                            ("liver_dilation_mm", liver_dilation_mm),
+                            ("min_lesion_confidence", 0.0 if min_lesion_confidence is None else min_lesion_confidence)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
         if not 0.0 <= float(overlap) < 1.0:
@@ -245,7 +248,7 @@ class Predictor:
             raise ValueError(f"min_tumor_volume_mm3 must be >= 0 mm³; got {min_tumor_volume_mm3}")
         if not 0 <= float(liver_dilation_mm) <= 50:
             raise ValueError(f"liver_dilation_mm must be in 0..50 mm; got {liver_dilation_mm}")
-        if not 0.0 <= float(min_lesion_confidence) < 1.0:
+        if min_lesion_confidence is not None and not 0.0 <= float(min_lesion_confidence) < 1.0:
             raise ValueError(f"min_lesion_confidence must be in [0, 1) (a mean probability); got {min_lesion_confidence}")
         if engine not in ("torch", "onnx"):
             raise ValueError(f"engine must be 'torch' or 'onnx'; got {engine!r}")
@@ -263,7 +266,7 @@ class Predictor:
         self.overlap = float(overlap)
         self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
         self.liver_dilation_mm = float(liver_dilation_mm)
-        self.min_lesion_confidence = float(min_lesion_confidence)
+        self._min_lesion_confidence = None if min_lesion_confidence is None else float(min_lesion_confidence)
         self.engine = engine
         self.sw_batch_size = int(sw_batch_size)
         self._bundles: dict[str, ModelBundle] = {}
@@ -376,6 +379,19 @@ class Predictor:
         finally:
             torch.set_num_threads(before)
 
+    @property
+    def min_lesion_confidence(self) -> float:
+        """The lesion-dropping threshold used for 3D scans (the option, or the bundle's rule)."""
+        return self.lesion_confidence_rule("3d")["drop_below"]
+
+    def lesion_confidence_rule(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, float]:
+        """``{"drop_below", "flag_below"}`` for ``kind``: the constructor's ``min_lesion_confidence``
+        if given, else the bundle's config.json ``lesion_confidence`` (defaults 0 and
+        :data:`~liverseg.analysis.confidence.LOW_CONFIDENCE`)."""
+        info = self.bundle(kind).info.get("lesion_confidence") or {}
+        drop = self._min_lesion_confidence if self._min_lesion_confidence is not None else float(info.get("drop_below", 0.0))
+        return {"drop_below": drop, "flag_below": max(drop, float(info.get("flag_below", LOW_CONFIDENCE)))}
+
     # ------------------------------------------------------------------ prediction
     def predict(
         self,
@@ -454,7 +470,8 @@ class Predictor:
             min_tumor_volume_mm3=self.min_tumor_volume_mm3,
             liver_dilation_mm=self.liver_dilation_mm,
         )
-        final, n_dropped = drop_unconfident_lesions(post.labels, tumor_probability, min_confidence=self.min_lesion_confidence)
+        rule = self.lesion_confidence_rule(kind)
+        final, n_dropped = drop_unconfident_lesions(post.labels, tumor_probability, min_confidence=rule["drop_below"])
         timings["postprocess"] = time.perf_counter() - t0
         post_summary = {**post.summary(), "low_confidence_lesions_dropped": n_dropped}
         if not (final > 0).any():

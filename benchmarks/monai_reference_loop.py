@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--val", nargs="+", required=True, help="held-out case ids")
     ap.add_argument("--minutes", type=float, default=36.0, help="training time budget (wall minutes)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="train this many iterations instead of a time budget (a comparison that a busy CPU cannot skew)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
@@ -115,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     t0, it, losses = time.monotonic(), 0, []
     net.train()
-    while time.monotonic() - t0 < budget:
-        lr = 1e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, (time.monotonic() - t0) / budget)))
+    def progress() -> float:
+        return it / args.iterations if args.iterations else (time.monotonic() - t0) / budget
+
+    while progress() < 1.0:
+        lr = 1e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, progress())))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = [aug(train_data[int(rng.integers(len(train_data)))])[0] for _ in range(2)]

@@ -181,7 +181,10 @@ def render_model_card(*, name: str, kind: str, config: dict[str, Any], results: 
         f"- Sources: {', '.join(f'`{s}`' for s in info['train_data']['sources']) or '—'}",
         f"- Trained on {len(final.train_cases)} case(s): {', '.join(final.train_cases)}",
         f"- Held out for validation: {', '.join(final.validation_cases) or 'none'}",
-        "- Cases without a tumor annotation (liver-only masks) are trained with a marginal loss: "
+        "- Cases without a tumor annotation (liver-only masks) are trained as tumor-free livers "
+        "(`liver_only: tumor_free`)."
+        if all(st.get("liver_only") == "tumor_free" for st in config.get("stages", []) if not st.get("merge_tumor"))
+        else "- Cases without a tumor annotation (liver-only masks) are trained with a marginal loss: "
         "liver and tumor probabilities merged, so their unannotated tumors are not taught as liver.",
         "",
         "## How it was trained",

@@ -100,8 +100,10 @@ def test_shipped_recipes_parse(name):
     assert cfg.name and cfg.stages
     if cfg.kind == "2d":
         assert len(cfg.stages) == 1 and len(cfg.stages[0].plan["patch_size"]) == 2
-    else:
+    elif len(cfg.stages) > 1:  # a cascade: a 2-class localiser, then the segmenter
         assert [s.role for s in cfg.stages] == ["localize", "segment"] and cfg.stages[0].merge_tumor
+    else:  # one stage on the whole scan
+        assert cfg.stages[0].role == "segment" and cfg.stages[0].roi is None and cfg.stages[0].num_classes == 3
 
 
 # --------------------------------------------------------------------------- schedule, Dice

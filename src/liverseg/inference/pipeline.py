@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
+from liverseg.analysis.confidence import LOW_CONFIDENCE
 from liverseg.errors import InputError, LiversegError, ModelError
 from liverseg.inference.predictor import Prediction, Predictor
 from liverseg.io.volume import Volume
@@ -222,9 +223,11 @@ def run_case(
 
     report("analyze", 0.8)
     t0 = time.perf_counter()
-    rule = predictor.lesion_confidence_rule("2d" if ct.is_2d else "3d")
-    analysis = analyze(prediction.labels, ct, tumor_probability=prediction.tumor_probability,
-                       flag_below=rule["flag_below"])
+    # the bundle's lesion rule; a predictor-like object without one gets the library default
+    rule_of = getattr(predictor, "lesion_confidence_rule", None)
+    flag_below = rule_of("2d" if ct.is_2d else "3d")["flag_below"] if rule_of is not None else LOW_CONFIDENCE
+    analysis = analyze(prediction.labels, ct, tumor_probability=getattr(prediction, "tumor_probability", None),
+                       flag_below=flag_below)
     timings["analyze"] = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)

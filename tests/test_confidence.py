@@ -90,3 +90,4 @@ def test_predictor_reports_confidence_in_json_and_csv(tmp_path) -> None:
         assert row["confidence_level"] == les["confidence_level"] in ("high", "low")
     with pytest.raises(ValueError, match="min_lesion_confidence"):
         Predictor(tiny_bundle_3d, model_2d=None, min_lesion_confidence=1.5)
+

@@ -169,3 +169,13 @@ def test_bad_labels_and_grids_raise():
     lab = _labels(np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match="same|one grid"):
         analyze(lab, Volume(array=np.zeros((2, 4, 5), np.int16)))
+
+
+def test_a_liver_cut_by_the_in_plane_field_of_view_is_a_lower_bound() -> None:
+    lab = np.zeros((10, 40, 40), np.uint8)
+    lab[2:8, 10:30, 10:30] = 1
+    inside = analyze(Volume(array=lab, spacing=(2.0, 1.0, 1.0)))
+    assert not inside.liver_is_lower_bound and "liver_cut_by_field_of_view" not in inside.flag_codes()
+    lab[2:8, 10:30, 0:10] = 1  # the liver runs out of the image at x = 0
+    cut = analyze(Volume(array=lab, spacing=(2.0, 1.0, 1.0)))
+    assert cut.liver_is_lower_bound and "liver_cut_by_field_of_view" in cut.flag_codes()

@@ -364,6 +364,17 @@ def analyze(
                     "liver volume, tumor volume and tumor burden are lower bounds.",
                 )
             )
+        # the in-plane field of view cuts the liver: it touches the image's edge on some slice
+        edge = bool(liver[:, 0, :].any() or liver[:, -1, :].any() or liver[:, :, 0].any() or liver[:, :, -1].any())
+        if edge:
+            touches = True
+            flags.append(
+                Flag(
+                    "liver_cut_by_field_of_view",
+                    "The liver reaches the edge of the image (the in-plane field of view), so part of it may lie "
+                    "outside the scan: liver volume, tumor volume and tumor burden are lower bounds.",
+                )
+            )
     if is_2d:
         flags.append(
             Flag(

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         it += 1
         if it % 50 == 0:
             log.info("iteration %d, %.1f min, loss %.4f, lr %.2e", it, (time.monotonic() - t0) / 60,

@@ -34,8 +34,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-#: the recipe's header fixes for the LiTS crop (see configs/liver-tumor-3d.json)
-LITS_CROP_FIXES = {"lits-117": {"spacing": (1.6, 1.6, 1.6), "axes": (2, 1, 0)}}
+
+#: the recipe whose header fixes (spacing_overrides, axes_overrides: the LiTS crop) apply to the cases
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "liver-tumor-3d.json"
+
+
+def with_recipe_fixes(case, config):
+    """The case with the recipe's spacing and axes overrides, in the trainer's order."""
+    if case.case_id in config.spacing_overrides:
+        case = case.with_spacing(tuple(float(s) for s in config.spacing_overrides[case.case_id]))
+    if case.case_id in config.axes_overrides:
+        case = case.with_axes(tuple(int(a) for a in config.axes_overrides[case.case_id]))
+    return case
 
 
 def _fmt(v: object, digits: int = 3) -> str:
@@ -87,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from liverseg.analysis.metrics import case_metrics, dice
     from liverseg.inference import Predictor
     from liverseg.io import read_volume, write_mask
+    from liverseg.training.config import load_config
     from liverseg.training.datasets import find_cases
 
     data, out = Path(args.data), Path(args.out)
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"model": predictor.model_info("3d"), "tta": args.tta,
                      "min_lesion_confidence": predictor.min_lesion_confidence, "cases": {}, "sweep": {}}
 
+    recipe = load_config(RECIPE)
     cases = {c.case_id: c for c in find_cases(data / "labeled")}
     missing = [c for c in args.cases if c not in cases]
     if missing:
@@ -107,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_rows: dict[float, list] = {t: [] for t in args.confidence_sweep}
     for cid in args.cases:
         case = cases[cid]
-        if cid in LITS_CROP_FIXES:
-            case = case.with_axes(LITS_CROP_FIXES[cid]["axes"]).with_spacing(LITS_CROP_FIXES[cid]["spacing"])
+        case = with_recipe_fixes(case, recipe)
         ct, ref = case.load()
         t = time.perf_counter()
         pred = sweep_predictor.predict(ct)

@@ -34,7 +34,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-LITS_CROP_FIXES = {"lits-117": {"spacing": (1.6, 1.6, 1.6), "axes": (2, 1, 0)}}
 
 
 def _as_dict(case):  # (1, z, y, x) arrays with a spacing affine, as MONAI's loaders would give
@@ -76,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from liverseg.analysis.metrics import case_metrics
     from liverseg.inference.postprocess import largest_component
+    from liverseg.training.config import load_config
     from liverseg.training.datasets import find_cases
+
+    from evaluate_3d import RECIPE, with_recipe_fixes  # the same header fixes as the recipe and the evaluation
+
+    recipe = load_config(RECIPE)
 
     torch.set_num_threads(args.threads)
     set_determinism(args.seed)
@@ -84,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cases = []
     for c in find_cases(args.data):
-        if c.case_id in LITS_CROP_FIXES:
-            c = c.with_axes(LITS_CROP_FIXES[c.case_id]["axes"]).with_spacing(LITS_CROP_FIXES[c.case_id]["spacing"])
-        cases.append(c)
+        cases.append(with_recipe_fixes(c, recipe))
     train_cases = [c for c in cases if c.case_id not in set(args.val)]
     val_cases = [c for c in cases if c.case_id in set(args.val)]
     pre = Compose([

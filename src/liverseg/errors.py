@@ -8,6 +8,8 @@ HTTP 4xx.
 
 from __future__ import annotations
 
+import errno
+
 
 class LiversegError(Exception):
     """Base class of every error liverseg raises on purpose."""
@@ -71,3 +73,14 @@ class JobCancelledError(LiversegError):
 
 class ResourceError(LiversegError):
     """The server lacks a resource right now (its disk is full); not the input's fault (HTTP 507)."""
+
+
+#: what an upload that could not be stored for lack of disk space says (HTTP 507)
+UPLOAD_DISK_FULL = (
+    "the server's disk is full; the upload was not stored. Try again later, and tell the server's administrator"
+)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError saying the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -10,14 +10,13 @@ byte budget, so neither a lying header nor a huge member can fill the disk.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from liverseg.errors import ArchiveError, CorruptFileError, NoImagesError, ResourceError
+from liverseg.errors import UPLOAD_DISK_FULL, ArchiveError, CorruptFileError, NoImagesError, ResourceError, is_disk_full
 
 __all__ = ["ArchiveLimits", "extract_zip"]
 
@@ -206,11 +205,8 @@ def extract_zip(path: str | Path, dest: str | Path, *, limits: ArchiveLimits = A
                             )
                         dst.write(chunk)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise ResourceError(
-                        "the server's disk is full; the upload was not stored. Try again later, and tell the "
-                        "server's administrator"
-                    ) from exc
+                if is_disk_full(exc):
+                    raise ResourceError(UPLOAD_DISK_FULL) from exc
                 if not isinstance(exc, (zipfile.BadZipFile, EOFError)) and exc.errno is not None:
                     raise ArchiveError(
                         f"the zip member {_short(info.filename)} cannot be written ({exc.strerror}); re-create the "

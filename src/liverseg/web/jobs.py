@@ -12,7 +12,6 @@ job marks it failed with its reason, and the worker thread goes on.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from liverseg.errors import InputError, JobCancelledError, LiversegError
+from liverseg.errors import InputError, JobCancelledError, LiversegError, is_disk_full
 from liverseg.web.store import Store
 from liverseg.web.uploads import input_path, output_dir, study_dir
 
@@ -263,7 +262,7 @@ def run_study_job(
     except MemoryError:
         reason = "the server ran out of memory on this scan; try again later or upload a smaller series"
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(exc):
             reason = f"internal error ({type(exc).__name__}: {exc}); press Retry, and report it if it happens again"
             log.error("study %s: job %d crashed (%s)", study_id, job.id, type(exc).__name__)
         else:

@@ -22,9 +22,8 @@ from typing import Iterable
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-import errno
 
-from liverseg.errors import InputError, NoImagesError, ResourceError, TooLargeError
+from liverseg.errors import UPLOAD_DISK_FULL, InputError, NoImagesError, ResourceError, TooLargeError, is_disk_full
 from liverseg.io.archive import ArchiveLimits, extract_zip
 from liverseg.io.detect import sniff_format
 from liverseg.io.limits import check_segmentable
@@ -271,11 +270,8 @@ def save_upload(
             raise
         raise renamed from exc
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ResourceError(
-                "the server's disk is full; the upload was not stored. Try again later, and tell the server's "
-                "administrator"
-            ) from exc
+        if is_disk_full(exc):
+            raise ResourceError(UPLOAD_DISK_FULL) from exc
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,8 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The web viewer (NiiVue, pinned in package-lock.json) is installed from npm and copied into an ignored
+# static folder, so the app serves it itself (no CDN). Needs node + npm (Debian: apt-get install nodejs npm).
+VENDOR := src/liverseg/web/static/vendor
+VIEWER := $(VENDOR)/niivue.umd.js
 
-.PHONY: install test test-fast serve bench clean
+.PHONY: install viewer test test-fast serve bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,15 +17,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(VIEWER): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install node and npm (Debian: apt-get install nodejs npm), then run make again" >&2; exit 1; }
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	mkdir -p $(VENDOR)
+	cp node_modules/@niivue/niivue/dist/niivue.umd.js $(VIEWER).tmp && mv $(VIEWER).tmp $(VIEWER)
 
-test: $(STAMP)
+viewer: $(VIEWER)
+
+install: $(STAMP) $(VIEWER)
+
+test: $(STAMP) $(VIEWER)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
-serve: $(STAMP)
+serve: $(STAMP) $(VIEWER)
 	$(BIN)/liverseg serve --data-dir ./liverseg-data
 
 bench: $(STAMP)
@@ -29,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/predict_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules $(VENDOR)

@@ -88,6 +88,20 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         "window_size": ((4, 4, 4), (4, 4, 4), (5, 6, 6), (5, 3, 3)),
         "drop_path_rate": 0.1,
     },
+    # The same with a convolutional full-resolution head (stem and image skips): outlines at
+    # the 2.5 mm voxel grid instead of in 10 mm token steps.
+    "nnformer-liver-3d-refine": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "num_classes": 3,
+        "embed_dim": 32,
+        "depths": (2, 2, 2, 2),
+        "num_heads": (1, 2, 4, 8),
+        "patch_size": (2, 4, 4),
+        "window_size": ((4, 4, 4), (4, 4, 4), (5, 6, 6), (5, 3, 3)),
+        "drop_path_rate": 0.1,
+        "refine_head": True,
+    },
     # Single 256 × 256 abdominal-window slices: the same blocks with 2D windows.
     "nnformer-liver-2d": {
         "spatial_dims": 2,
@@ -109,6 +123,7 @@ MODEL_INPUT_SIZES: dict[str, tuple[int, ...]] = {
     "nnformer-liver-3d": (64, 128, 128),
     "nnformer-liver-3d-coarse": (64, 96, 96),
     "nnformer-liver-3d-iso": (80, 96, 96),
+    "nnformer-liver-3d-refine": (80, 96, 96),
     "nnformer-liver-2d": (256, 256),
 }
 

@@ -253,6 +253,10 @@ def run_case(
                 (tmp / "seg.dcm").unlink(missing_ok=True)
                 run_info["warnings"].append(f"no DICOM SEG was written: {exc}")
                 run_info["dicom_seg_missing"] = str(exc)
+        if not ct.is_2d:  # surfaces for the 3D view (liverseg.reporting.meshes; about 1 s for a whole CT)
+            from liverseg.reporting.meshes import write_meshes_or_warn
+
+            files.update(write_meshes_or_warn(tmp, prediction.labels, run_info["warnings"]))
         # the HTML/PDF show the times up to here; report.json gets the final ones below
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case
@@ -299,6 +303,8 @@ def _publish(tmp: Path, out: Path) -> None:
 
     Files in an old ``out`` that liverseg did not write (not in :data:`OUTPUT_NAMES`) are moved into the new one.
     """
+    from liverseg.reporting.meshes import is_mesh_file
+
     old: Path | None = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
@@ -311,7 +317,7 @@ def _publish(tmp: Path, out: Path) -> None:
         raise
     if old is not None:
         for entry in old.iterdir():  # the user's own files in the case folder stay
-            if entry.name not in OUTPUT_NAMES and not (out / entry.name).exists():
+            if entry.name not in OUTPUT_NAMES and not is_mesh_file(entry.name) and not (out / entry.name).exists():
                 os.replace(entry, out / entry.name)
         shutil.rmtree(old, ignore_errors=True)
     # mkdtemp makes the folder private (0700); a case folder gets the usual permissions

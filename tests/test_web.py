@@ -373,11 +373,17 @@ def test_openapi_spec_lists_every_route(app):
 
 
 def test_restart_requeues_running_job(tmp_path, app, client):
+    import subprocess
+    import sys
+
     sid = _study_of(client, tmp_path)
     store = app.extensions["liverseg"].store
-    job = store.claim_job()
-    assert job.study_id == sid and store.latest_job(sid).status == "running"
-    # the process dies here; a new app on the same data folder starts
+    # a worker process claims the job and dies with it (its lease is still live: only its death frees the job)
+    claim = ("import sys; from liverseg.web.store import Store; from liverseg.web.lease import worker_id; "
+             "Store(path=sys.argv[1]).claim_job(worker=worker_id())")
+    subprocess.run([sys.executable, "-c", claim, str(store.path)], check=True)
+    assert store.latest_job(sid).status == "running"
+    # a new app on the same data folder starts
     app2 = make_app(tmp_path)
     job2 = app2.extensions["liverseg"].store.latest_job(sid)
     assert job2.status == "queued" and "restart" in job2.stage
@@ -390,7 +396,7 @@ def test_restart_fails_a_job_interrupted_too_often(tmp_path):
     store.add_study(study_id="abc123", user_id=u.id, note="", input_name="a", input_kind="file",
                     input_format="nifti", n_files=1, n_bytes=1)
     for _ in range(3):
-        assert store.claim_job() is not None
+        assert store.claim_job(lease_s=0.0) is not None  # its lease runs out at once, as a dead worker's does
         store.recover_running(max_attempts=3)
     job = store.latest_job("abc123")
     assert job.status == "failed" and "3 times" in job.error

@@ -163,7 +163,8 @@ def test_a_job_finishing_after_its_study_was_deleted_removes_what_it_wrote(web, 
                 return out
         return Late(steps=0)
 
-    assert run_study_job(job.study_id, store=ctx.store, data_dir=ctx.data_dir, predictor_factory=factory) == "missing"
+    assert run_study_job(job.study_id, store=ctx.store, data_dir=ctx.data_dir, predictor_factory=factory,
+                         job=job) == "missing"
     assert not (ctx.data_dir / "studies" / sid).exists()
 
 
@@ -341,9 +342,18 @@ def test_waitress_gets_connection_limits_and_timeouts(monkeypatch, tmp_path):
     import liverseg.web.server as server
 
     seen = {}
-    monkeypatch.setattr(waitress, "serve", lambda app, **kw: seen.update(kw))
+
+    class Bound:  # what waitress.create_server returns, without listening
+        def run(self):
+            seen["ran"] = True
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(waitress, "create_server", lambda app, **kw: seen.update(kw) or Bound())
     monkeypatch.setattr(os, "umask", lambda mask: seen.setdefault("umask", mask) and 0o022)
     server.serve(data_dir=tmp_path / "d", start_workers=False)
+    assert seen["ran"]
     assert seen["connection_limit"] <= 200 and seen["channel_timeout"] <= 60
     assert seen["max_request_body_size"] > 2 * 1024**3  # Flask answers 413 (JSON) first
     assert seen["umask"] == 0o077

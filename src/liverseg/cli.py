@@ -234,12 +234,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         sys.stdout.write(f"Created the first user 'admin'; its password is in {where} (readable by you only).\n"
                          "Sign in, change it on the Account page (the file is then deleted).\n")
         sys.stdout.flush()
-    sys.stdout.write(f"liverseg: serving on http://{args.host}:{args.port} (Ctrl+C to stop)\n")
-    sys.stdout.flush()
+    def listening() -> None:
+        sys.stdout.write(f"liverseg: serving on http://{args.host}:{args.port} (Ctrl+C to stop)\n")
+        sys.stdout.flush()
+
     serve(data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers, model=args.model,
           max_upload_bytes=int(args.max_upload_gb * 1024**3), max_files=args.max_files,
           secure_cookies=not args.insecure_cookies, job_timeout_s=args.job_timeout_s,
-          job_memory_bytes=int(args.job_memory_gb * 1024**3))
+          job_memory_bytes=int(args.job_memory_gb * 1024**3), on_listening=listening)
     return 0
 
 

@@ -260,7 +260,9 @@ def create_app(
     if start_workers:
         pool.start()
     else:
-        requeued, failed = store.recover_running()
+        from liverseg.web.jobs import recover_dead_jobs
+
+        requeued, failed = recover_dead_jobs(store, data_dir)
         if requeued or failed:
             log.warning("restart: %d interrupted job(s) requeued, %d failed", requeued, failed)
     return app

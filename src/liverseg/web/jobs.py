@@ -5,9 +5,10 @@ way to get a predictor, so a real queue (Celery or RQ on Redis, many machines sh
 data folder and the database) can call it as is. :class:`WorkerPool` is the embedded
 default: N threads that claim queued jobs from the store.
 
-Restart safety: :meth:`WorkerPool.start` first requeues jobs the last process left
-``running`` (or fails them after three interrupted attempts); every exception inside a
-job marks it failed with its reason, and the worker thread goes on.
+Restart safety: every claim is a lease (:mod:`liverseg.web.lease`); :meth:`WorkerPool.start`
+first requeues jobs whose worker died (lease expired or its process here gone; failed after
+three interrupted attempts), never a job a live process is running; every exception inside
+a job marks it failed with its reason, and the worker thread goes on.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from liverseg.errors import InputError, JobCancelledError, LiversegError, is_disk_full
-from liverseg.web.store import Store
+from liverseg.web.lease import Heartbeat, owner_is_dead, worker_id
+from liverseg.web.store import DEFAULT_LEASE_S, Job, Store
 from liverseg.web.uploads import input_path, output_dir, study_dir
 
-__all__ = ["DEFAULT_JOB_MEMORY_BYTES", "DEFAULT_JOB_TIMEOUT_S", "job_time_limit", "run_study_job", "summarize_report", "analysis_of", "WorkerPool", "shared_factory"]
+__all__ = ["DEFAULT_JOB_MEMORY_BYTES", "DEFAULT_JOB_TIMEOUT_S", "job_time_limit", "run_study_job", "summarize_report",
+           "analysis_of", "attempt_dir", "discard_attempts", "recover_dead_jobs", "WorkerPool", "shared_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,10 @@ def _seconds(t: float) -> str:
     return f"{t:.0f} s" if t >= 10 else f"{t:.2g} s"
 
 
+class _LeaseLost(JobCancelledError):
+    """This worker's lease on the job was taken over (it was presumed dead): stop, publish nothing."""
+
+
 class _Progress:
     """Writes (stage, fraction) to the store at most every ``every_s`` seconds, or when the stage changes.
 
@@ -135,8 +142,11 @@ class _Progress:
         every_s: float = 0.5,
         timeout_s: float | None = None,
         memory_bytes: int | None = None,
+        token: str | None = None,
+        lease: Heartbeat | None = None,
     ) -> None:
         self.store, self.job_id, self.every_s = store, job_id, every_s
+        self.token, self.lease = token, lease
         self.study_id = study_id
         self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
         self._t0 = time.monotonic()
@@ -148,6 +158,8 @@ class _Progress:
     def check(self) -> None:
         """Raise JobCancelledError when the job must stop (deleted study, time or memory limit)."""
         now = time.monotonic()
+        if self.lease is not None and self.lease.lost:
+            raise _LeaseLost()
         if self.timeout_s is not None and now - self._t0 > self.timeout_s:
             raise JobCancelledError(
                 f"the analysis ran past the server's time limit of {_seconds(self.timeout_s)} and was stopped; the scan "
@@ -170,7 +182,7 @@ class _Progress:
         if stage != self._stage or now - self._last >= self.every_s or fraction >= 1.0:
             self._stage, self._last = stage, now
             try:
-                self.store.set_progress(self.job_id, stage=str(stage), progress=float(fraction))
+                self.store.set_progress(self.job_id, stage=str(stage), progress=float(fraction), token=self.token)
             except Exception:  # progress is best effort; the job goes on
                 log.warning("job %s: could not store progress", self.job_id, exc_info=True)
 
@@ -190,6 +202,50 @@ def _discard(data_dir: Path, study_id: str) -> None:
     shutil.rmtree(study_dir(data_dir, study_id), ignore_errors=True)
 
 
+#: A job writes its outputs into ``studies/<id>/.attempt-<job>-<token>/`` and publishes them as ``output/``.
+ATTEMPT_PREFIX = ".attempt-"
+
+
+def attempt_dir(data_dir: Path, study_id: str, job: Job) -> Path:
+    """Where one claim of a job writes its outputs before they are published (private to that claim)."""
+    return study_dir(data_dir, study_id) / f"{ATTEMPT_PREFIX}{job.id}-{(job.lease_token or 'nolease')[:12]}"
+
+
+def discard_attempts(data_dir: Path, job: Job) -> None:
+    """Remove what one claim of a job (the one holding ``job.lease_token``) left half-written."""
+    folder = study_dir(data_dir, job.study_id)
+    name = attempt_dir(data_dir, job.study_id, job).name
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name == name or entry.name.startswith(f".{name}.partial-"):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def recover_dead_jobs(store: Store, data_dir: str | Path, *, max_attempts: int = 3) -> tuple[int, int]:
+    """Requeue the running jobs whose worker died, fail those interrupted ``max_attempts`` times, and remove
+    what their dead claims left half-written. Returns ``(requeued, failed)`` counts."""
+    requeued, failed = store.recover_expired(max_attempts=max_attempts, is_dead=owner_is_dead)
+    for job in requeued + failed:
+        discard_attempts(Path(data_dir), job)
+    return len(requeued), len(failed)
+
+
+def _publish_attempt(attempt: Path, out: Path) -> None:
+    """Put a finished attempt folder in place of ``out`` (two renames; an old ``out`` is removed after)."""
+    old: Path | None = None
+    if out.exists():
+        old = out.parent / f".output.old-{os.getpid()}-{time.time_ns()}"
+        os.replace(out, old)
+    try:
+        os.replace(attempt, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_study_job(
     study_id: str,
     *,
@@ -198,43 +254,86 @@ def run_study_job(
     predictor_factory: PredictorFactory,
     timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
     memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
+    job: Job | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+    worker: str | None = None,
 ) -> str:
     """Segment and measure one study; store its result or its failure. Returns the final job status.
 
-    The study's latest job is marked running, ``liverseg.inference.run_case`` writes every
-    output into ``<data_dir>/studies/<id>/output`` and the report is stored. Any exception
-    marks the job failed with a message for the user (:class:`~liverseg.errors.InputError`:
-    the message as is; anything else: an internal error with its type); nothing is raised.
+    The job runs under a lease (:mod:`liverseg.web.lease`): ``job`` is one the caller claimed
+    with :meth:`Store.claim_job`; without it the study's latest job is claimed here, and when
+    it is not queued (running under another worker's lease, done, failed) nothing runs and
+    its status is returned. While it runs a heartbeat renews the lease every ``lease_s / 4``
+    seconds. ``liverseg.inference.run_case`` writes every output into a folder private to
+    this claim, which is renamed to ``<data_dir>/studies/<id>/output`` in the same database
+    transaction that stores the report and marks the job done, and only while the lease is
+    still this worker's: a half-done job is never served, and a result is published once.
+    Any exception marks the job failed with a message for the user
+    (:class:`~liverseg.errors.InputError`: the message as is; anything else: an internal
+    error with its type); nothing is raised.
 
     Args:
         timeout_s: the job is stopped (failed, with the reason) after at most this many seconds, fewer for a
             small upload (:func:`job_time_limit`); None: no limit.
         memory_bytes: ... or when the process grows by more than this many bytes; None: no limit.
+        job: a job claimed by the caller (its ``lease_token`` set); None: claim the study's latest job here.
+        lease_s: the lease's length (seconds): the visibility timeout after which another worker takes the job
+            over if this one stops renewing it.
+        worker: the lease owner's id when claiming here (default :func:`liverseg.web.lease.worker_id`).
 
     A study deleted while its job runs stops the job at its next progress step, and
-    whatever the job wrote is removed (status ``"missing"``).
+    whatever the job wrote is removed (status ``"missing"``). A worker whose lease was taken
+    over stops at its next step and removes what it wrote (status ``"lost"``).
     """
-    from liverseg.inference import run_case
-
     data_dir = Path(data_dir)
     study = store.study(study_id)
-    job = store.latest_job(study_id)
-    if study is None or job is None:
-        log.warning("study %s: no such study or job (deleted?); skipping", study_id)
+    if job is None:
+        latest = store.latest_job(study_id)
+        if study is None or latest is None:
+            log.warning("study %s: no such study or job (deleted?); skipping", study_id)
+            return "missing"
+        if latest.status != "queued":
+            log.info("study %s: job %d is %s; not run again", study_id, latest.id, latest.status)
+            return latest.status
+        job = store.claim_job(job_id=latest.id, worker=worker or worker_id(), lease_s=lease_s)
+        if job is None:
+            log.info("study %s: job %d was taken by another worker", study_id, latest.id)
+            return "running"
+    if study is None:
+        log.warning("study %s: no such study (deleted?); skipping", study_id)
         return "missing"
-    if job.status in ("done", "failed"):
-        return job.status
-    store.start_job(job.id)
+    if not job.lease_token:
+        raise ValueError(f"job {job.id} was not claimed (no lease token); claim it with Store.claim_job")
+    with Heartbeat(store, job, lease_s=lease_s) as lease:
+        return _run_leased(study, job, lease, store=store, data_dir=data_dir, predictor_factory=predictor_factory,
+                           timeout_s=timeout_s, memory_bytes=memory_bytes)
+
+
+def _run_leased(
+    study: Any,
+    job: Job,
+    lease: Heartbeat,
+    *,
+    store: Store,
+    data_dir: Path,
+    predictor_factory: PredictorFactory,
+    timeout_s: float | None,
+    memory_bytes: int | None,
+) -> str:
+    from liverseg.inference import run_case
+
+    study_id, token = study.id, job.lease_token
+    attempt = attempt_dir(data_dir, study_id, job)
     t0 = time.monotonic()
-    log.info("study %s: job %d started", study_id, job.id)
+    log.info("study %s: job %d started (attempt %d)", study_id, job.id, job.attempts)
     try:
         progress = _Progress(store, job.id, study_id=study_id, timeout_s=job_time_limit(study.n_bytes, timeout_s),
-                             memory_bytes=memory_bytes)
+                             memory_bytes=memory_bytes, token=token, lease=lease)
         predictor = predictor_factory()
         progress("read", 0.0)
         report = run_case(
             input_path(data_dir, study_id),
-            output_dir(data_dir, study_id),
+            attempt,
             predictor=predictor,
             overwrite=True,
             progress=progress,
@@ -245,9 +344,19 @@ def run_study_job(
         if store.study(study_id) is None:  # deleted while it ran: run_case recreated its folder
             _discard(data_dir, study_id)
             return "missing"
-        store.finish_job(job.id, report=report, summary=summarize_report(report))
+        out = output_dir(data_dir, study_id)
+        if not store.finish_job(job.id, report=report, summary=summarize_report(report), token=token,
+                                publish=lambda: _publish_attempt(attempt, out)):
+            shutil.rmtree(attempt, ignore_errors=True)
+            log.warning("study %s: job %d finished after its lease was taken over; its result was discarded",
+                        study_id, job.id)
+            return "lost"
         log.info("study %s: job %d done in %.1f s", study_id, job.id, time.monotonic() - t0)
         return "done"
+    except _LeaseLost:
+        shutil.rmtree(attempt, ignore_errors=True)
+        log.warning("study %s: job %d stopped: its lease was taken over", study_id, job.id)
+        return "lost"
     except JobCancelledError as exc:
         if store.study(study_id) is None:
             _discard(data_dir, study_id)
@@ -274,11 +383,14 @@ def run_study_job(
         log.error("study %s: job %d crashed (%s)", study_id, job.id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
     # the reason may quote file names or metadata: it goes to the store (for the user), not to the log
     log.info("study %s: job %d failed after %.1f s", study_id, job.id, time.monotonic() - t0)
+    shutil.rmtree(attempt, ignore_errors=True)
     if store.study(study_id) is None:
         _discard(data_dir, study_id)
         return "missing"
     try:
-        store.fail_job(job.id, error=reason)
+        if not store.fail_job(job.id, error=reason, token=token):
+            log.warning("study %s: job %d failed after its lease was taken over; not recorded", study_id, job.id)
+            return "lost"
     except Exception:
         log.error("study %s: could not store the failure of job %d", study_id, job.id, exc_info=True)
     return "failed"
@@ -303,7 +415,7 @@ def shared_factory(factory: PredictorFactory) -> PredictorFactory:
 
 
 class WorkerPool:
-    """A local pool of ``workers`` threads running queued jobs from ``store``.
+    """The embedded job backend: a local pool of ``workers`` threads running queued jobs from ``store``.
 
     Args:
         store: the queue and the results.
@@ -313,6 +425,12 @@ class WorkerPool:
         workers: number of threads (>= 1); each job may itself use several CPU threads.
         poll_s: how often an idle worker looks for work it was not woken for (seconds).
         timeout_s, memory_bytes: each job's limits (see :func:`run_study_job`).
+        lease_s: each claim's lease (seconds; see :mod:`liverseg.web.lease`).
+
+    Every claim is a lease, so a second process on the same database (a second server by
+    mistake, a ``liverseg worker``) never takes a job this pool is running; an idle thread
+    requeues the jobs of workers that died (their lease ran out, or their process on this
+    machine is gone).
     """
 
     def __init__(
@@ -325,12 +443,15 @@ class WorkerPool:
         poll_s: float = 2.0,
         timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
         memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 seconds or None; got {timeout_s}")
         if memory_bytes is not None and not memory_bytes > 0:
             raise ValueError(f"memory_bytes must be > 0 or None; got {memory_bytes}")
-        self.timeout_s, self.memory_bytes = timeout_s, memory_bytes
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be > 0 seconds; got {lease_s}")
+        self.timeout_s, self.memory_bytes, self.lease_s = timeout_s, memory_bytes, float(lease_s)
         if workers < 1:
             raise ValueError(f"workers must be >= 1; got {workers}")
         if poll_s <= 0:
@@ -340,19 +461,31 @@ class WorkerPool:
         self.predictor_factory = predictor_factory
         self.workers = workers
         self.poll_s = poll_s
+        self.worker_id = worker_id()
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._recovered_at = 0.0
+        self._recover_lock = threading.Lock()
 
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
-    def start(self) -> "WorkerPool":
-        """Recover jobs a previous process left running, then start the threads."""
-        requeued, failed = self.store.recover_running()
+    def recover(self) -> tuple[int, int]:
+        """Requeue jobs whose worker died (lease expired, or a dead process here); fail the thrice-interrupted."""
+        with self._recover_lock:
+            self._recovered_at = time.monotonic()
+            requeued, failed = recover_dead_jobs(self.store, self.data_dir)
         if requeued or failed:
-            log.warning("restart: %d interrupted job(s) requeued, %d failed after repeated interruptions", requeued, failed)
+            log.warning("%d interrupted job(s) requeued, %d failed after repeated interruptions", requeued, failed)
+            if requeued:
+                self.wake()
+        return requeued, failed
+
+    def start(self) -> "WorkerPool":
+        """Recover jobs a dead process left running, then start the threads."""
+        self.recover()
         self._stop.clear()
         for i in range(self.workers):
             t = threading.Thread(target=self._loop, name=f"liverseg-worker-{i}", daemon=True)
@@ -373,19 +506,27 @@ class WorkerPool:
             t.join(timeout)
         self._threads = [t for t in self._threads if t.is_alive()]
 
+    def _run(self, job: Job) -> None:
+        run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory,
+                      timeout_s=self.timeout_s, memory_bytes=self.memory_bytes, job=job, lease_s=self.lease_s)
+
+    def _claim(self) -> Job | None:
+        return self.store.claim_job(worker=self.worker_id, lease_s=self.lease_s)
+
     def run_pending(self) -> int:
         """Run queued jobs in the calling thread until none is left; return how many ran (tests, scripts)."""
         n = 0
-        while (job := self.store.claim_job()) is not None:
-            run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory,
-                          timeout_s=self.timeout_s, memory_bytes=self.memory_bytes)
+        while (job := self._claim()) is not None:
+            self._run(job)
             n += 1
         return n
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self.store.claim_job()
+                if time.monotonic() - self._recovered_at >= self.lease_s / 2:
+                    self.recover()
+                job = self._claim()
             except Exception:
                 log.error("worker: cannot read the job queue", exc_info=True)
                 job = None
@@ -394,11 +535,10 @@ class WorkerPool:
                     self._wake.wait(self.poll_s)
                 continue
             try:
-                run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory,
-                          timeout_s=self.timeout_s, memory_bytes=self.memory_bytes)
+                self._run(job)
             except BaseException:  # run_study_job catches everything; this is the last line of defence
                 log.error("worker: job %d escaped its handler", job.id, exc_info=True)
                 try:
-                    self.store.fail_job(job.id, error="internal error in the worker; press Retry")
+                    self.store.fail_job(job.id, error="internal error in the worker; press Retry", token=job.lease_token)
                 except Exception:
                     pass

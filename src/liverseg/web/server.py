@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from liverseg.web.app import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES, create_app
+from liverseg.web.lock import DataDirLock, ServerConflictError, port_in_use_message
 
 __all__ = ["serve"]
 
@@ -26,9 +27,15 @@ def serve(
     secure_cookies: bool = True,
     connection_limit: int = 100,
     channel_timeout_s: float = 30.0,
+    on_listening: Callable[[], None] | None = None,
     **app_options: Any,
 ) -> None:
     """Start the worker pool and serve the app on ``host:port`` until interrupted.
+
+    Only one server may use a data folder: a second one stops at once with
+    :class:`~liverseg.web.lock.ServerConflictError` naming the process that holds it (before
+    touching the store or any job), and a port already in use stops it with a message saying
+    so (before any job starts).
 
     The process's umask becomes 0o077, so every file the server writes under ``data_dir``
     (uploads, outputs, the database) is readable by its owner only. waitress holds at most
@@ -42,8 +49,10 @@ def serve(
         threads: waitress request threads.
         connection_limit: most open connections waitress accepts at once.
         channel_timeout_s: seconds an inactive connection is kept open.
+        on_listening: called once the port is bound and the jobs started (the CLI says "serving on ...").
         **app_options: passed to :func:`~liverseg.web.app.create_app` (``job_timeout_s``, ...).
     """
+    import errno
     import os
 
     import waitress
@@ -54,27 +63,43 @@ def serve(
         raise ValueError(f"threads must be >= 1; got {threads}")
     if int(connection_limit) < 1 or not channel_timeout_s > 0:
         raise ValueError("connection_limit must be >= 1 and channel_timeout_s > 0")
+    start_workers = bool(app_options.pop("start_workers", True))
     os.umask(0o077)
-    app = create_app(
-        data_dir=data_dir, workers=workers, model=model, max_upload_bytes=max_upload_bytes, max_files=max_files,
-        secure_cookies=secure_cookies, **app_options,
-    )
-    pool = app.extensions["liverseg"].pool
-    log.info("liverseg web app on http://%s:%d (data in %s, %d worker(s))", host, port, Path(data_dir).resolve(), workers)
-    try:
-        waitress.serve(
-            app,
-            host=host,
-            port=int(port),
-            threads=int(threads),
-            # a little above Flask's own cap, so an upload just over it gets the app's JSON 413, not waitress' text
-            max_request_body_size=int(max_upload_bytes) + 1024 * 1024,
-            connection_limit=int(connection_limit),
-            channel_timeout=float(channel_timeout_s),
-            cleanup_interval=max(1, int(channel_timeout_s) // 3),
-            max_request_header_size=64 * 1024,
-            ident="liverseg",
-            clear_untrusted_proxy_headers=True,
+    # one server per data folder: taken before the store is opened or any job recovered
+    with DataDirLock(data_dir=data_dir, port=int(port)):
+        app = create_app(
+            data_dir=data_dir, workers=workers, model=model, max_upload_bytes=max_upload_bytes, max_files=max_files,
+            secure_cookies=secure_cookies, start_workers=False, **app_options,
         )
-    finally:
-        pool.stop(timeout=5.0)
+        pool = app.extensions["liverseg"].pool
+        try:
+            server = waitress.create_server(
+                app,
+                host=host,
+                port=int(port),
+                threads=int(threads),
+                # a little above Flask's own cap, so an upload just over it gets the app's JSON 413, not waitress' text
+                max_request_body_size=int(max_upload_bytes) + 1024 * 1024,
+                connection_limit=int(connection_limit),
+                channel_timeout=float(channel_timeout_s),
+                cleanup_interval=max(1, int(channel_timeout_s) // 3),
+                max_request_header_size=64 * 1024,
+                ident="liverseg",
+                clear_untrusted_proxy_headers=True,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerConflictError(port_in_use_message(host, int(port))) from None
+            raise
+        # the jobs start only once the port is ours: a server that cannot listen runs nothing
+        if start_workers:
+            pool.start()
+        log.info("liverseg web app on http://%s:%d (data in %s, %d worker(s))", host, port, Path(data_dir).resolve(),
+                 workers)
+        if on_listening is not None:
+            on_listening()
+        try:
+            server.run()
+        finally:
+            server.close()
+            pool.stop(timeout=5.0)

@@ -18,10 +18,16 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["Store", "User", "Study", "Job", "MIGRATIONS", "JOB_STATES", "hash_token"]
+__all__ = ["Store", "User", "Study", "Job", "MIGRATIONS", "JOB_STATES", "DEFAULT_LEASE_S", "hash_token"]
+
+#: How long a worker's claim on a running job lasts unless renewed (seconds): the visibility timeout after
+#: which a job whose worker died goes back to the queue. Workers renew it every quarter of it.
+DEFAULT_LEASE_S = 60.0
 
 #: A job is in exactly one of these states.
 JOB_STATES = ("queued", "running", "done", "failed")
@@ -91,6 +97,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX sessions_user ON sessions(user_id);
     """,
+    # 3: leases (a running job belongs to one worker while it renews its lease; only an expired lease or a
+    # dead owner puts it back in the queue) and the queue dispatch of jobs sent to a broker
+    """
+    ALTER TABLE jobs ADD COLUMN worker TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_token TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
+    ALTER TABLE jobs ADD COLUMN dispatch_id TEXT;
+    ALTER TABLE jobs ADD COLUMN dispatched_at REAL;
+    ALTER TABLE results ADD COLUMN job_id INTEGER;
+    """,
 ]
 
 
@@ -125,6 +141,15 @@ class Job:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    #: the worker holding the lease (``host:boot:pidns:pid:nonce``, :func:`liverseg.web.lease.worker_id`)
+    worker: str | None = None
+    #: changes at every claim; only its holder may renew the lease, store progress or publish the result
+    lease_token: str | None = None
+    #: when the lease runs out unless renewed (seconds since the epoch, the database's clock)
+    lease_expires_at: float | None = None
+    #: the broker's id for this job (RQ job id), None while not handed to a broker
+    dispatch_id: str | None = None
+    dispatched_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,80 +452,191 @@ class Store:
             )
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone())  # type: ignore[return-value]
 
-    def claim_job(self) -> Job | None:
-        """Take the oldest queued job (status becomes running, attempts + 1), or ``None``."""
+    def claim_job(
+        self, *, worker: str | None = None, lease_s: float = DEFAULT_LEASE_S, job_id: int | None = None
+    ) -> Job | None:
+        """Take a queued job: status running, attempts + 1, a fresh lease for ``lease_s`` seconds.
+
+        Without ``job_id`` the oldest queued job is taken; with it, that job only (a broker's
+        message names it). ``None`` when there is nothing to take: a job that is running (its
+        lease held by a worker), done or failed is never taken, so no job runs twice at once.
+        The returned job's ``lease_token`` is needed to renew the lease and publish the result.
+        """
+        token = uuid.uuid4().hex
+        now = time.time()
         with self._tx() as conn:
+            if job_id is None:
+                target = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            else:
+                target = conn.execute("SELECT id FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)).fetchone()
+            if target is None:
+                return None
             row = conn.execute(
                 "UPDATE jobs SET status = 'running', stage = 'starting', progress = 0, attempts = attempts + 1,"
-                " started_at = ?, error = NULL"
-                " WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1) RETURNING *",
-                (_now(),),
+                " started_at = ?, error = NULL, worker = ?, lease_token = ?, lease_expires_at = ?"
+                " WHERE id = ? AND status = 'queued' RETURNING *",
+                (_now(), worker or "", token, now + float(lease_s), target[0]),
             ).fetchone()
             return _job(row)
 
-    def start_job(self, job_id: int) -> None:
-        """Mark a job running (idempotent; for queues that do not claim through :meth:`claim_job`)."""
+    def heartbeat(self, job_id: int, token: str, *, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Renew a lease for ``lease_s`` more seconds; False when the lease is no longer the caller's."""
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, ?),"
-                " attempts = CASE WHEN status = 'queued' THEN attempts + 1 ELSE attempts END"
-                " WHERE id = ? AND status IN ('queued', 'running')",
-                (_now(), job_id),
-            )
+            return conn.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
+                (time.time() + float(lease_s), job_id, token),
+            ).rowcount == 1
 
-    def set_progress(self, job_id: int, *, stage: str, progress: float) -> None:
+    def set_progress(self, job_id: int, *, stage: str, progress: float, token: str | None = None) -> None:
+        """Store a running job's step and fraction (with ``token``: only while the caller holds its lease)."""
+        sql = "UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND status = 'running'"
+        args: list[Any] = [stage, max(0.0, min(1.0, float(progress))), job_id]
+        if token is not None:
+            sql += " AND lease_token = ?"
+            args.append(token)
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND status = 'running'",
-                (stage, max(0.0, min(1.0, float(progress))), job_id),
-            )
+            conn.execute(sql, args)
 
-    def finish_job(self, job_id: int, *, report: dict[str, Any], summary: dict[str, Any]) -> None:
-        """Mark the job done and store the study's result (report JSON and key numbers) atomically."""
-        with self._tx() as conn:
-            study_id = conn.execute("SELECT study_id FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            conn.execute(
-                "INSERT OR REPLACE INTO results (study_id, report_json, liver_volume_ml, lesion_count,"
-                " tumor_volume_ml, tumor_burden_pct, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    study_id, json.dumps(report), summary.get("liver_volume_ml"), summary.get("lesion_count"),
-                    summary.get("tumor_volume_ml"), summary.get("tumor_burden_pct"), _now(),
-                ),
-            )
-            conn.execute(
-                "UPDATE jobs SET status = 'done', stage = 'done', progress = 1, finished_at = ?, error = NULL"
-                " WHERE id = ?",
-                (_now(), job_id),
-            )
+    def finish_job(
+        self,
+        job_id: int,
+        *,
+        report: dict[str, Any],
+        summary: dict[str, Any],
+        token: str | None = None,
+        publish: Callable[[], None] | None = None,
+    ) -> bool:
+        """Mark the job done and store the study's result (report JSON and key numbers) atomically.
 
-    def fail_job(self, job_id: int, *, error: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                (_now(), error, job_id),
-            )
-
-    def recover_running(self, *, max_attempts: int = 3) -> tuple[int, int]:
-        """After a restart: requeue jobs left ``running``; fail those already tried ``max_attempts`` times.
-
-        Returns ``(requeued, failed)`` counts.
+        With ``token`` it happens only while the caller holds the job's lease, and ``publish``
+        (moving the finished files into place) runs inside the same transaction, after that
+        check: a worker that lost its lease (it was presumed dead and the job requeued) never
+        publishes, and a job's result is published once. An exception in ``publish`` rolls
+        the transaction back. Returns False (nothing done) when the lease was lost.
         """
         with self._tx() as conn:
-            failed = conn.execute(
-                "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ?"
-                " WHERE status = 'running' AND attempts >= ?",
+            row = conn.execute("SELECT study_id, status, lease_token FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or (token is not None and (row["status"] != "running" or row["lease_token"] != token)):
+                return False
+            if publish is not None:
+                publish()
+            conn.execute(
+                "INSERT INTO results (study_id, report_json, liver_volume_ml, lesion_count, tumor_volume_ml,"
+                " tumor_burden_pct, created_at, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (study_id) DO UPDATE SET report_json = excluded.report_json,"
+                " liver_volume_ml = excluded.liver_volume_ml, lesion_count = excluded.lesion_count,"
+                " tumor_volume_ml = excluded.tumor_volume_ml, tumor_burden_pct = excluded.tumor_burden_pct,"
+                " created_at = excluded.created_at, job_id = excluded.job_id",
                 (
-                    _now(),
-                    f"the server stopped {max_attempts} times while this job ran (it may need more memory than "
-                    "the server has); press Retry to try again",
-                    max_attempts,
+                    row["study_id"], json.dumps(report), summary.get("liver_volume_ml"), summary.get("lesion_count"),
+                    summary.get("tumor_volume_ml"), summary.get("tumor_burden_pct"), _now(), job_id,
                 ),
-            ).rowcount
-            requeued = conn.execute(
-                "UPDATE jobs SET status = 'queued', stage = 'requeued after a server restart', progress = 0"
-                " WHERE status = 'running'"
-            ).rowcount
+            )
+            conn.execute(
+                "UPDATE jobs SET status = 'done', stage = 'done', progress = 1, finished_at = ?, error = NULL,"
+                " lease_token = NULL, lease_expires_at = NULL WHERE id = ?",
+                (_now(), job_id),
+            )
+            return True
+
+    def fail_job(self, job_id: int, *, error: str, token: str | None = None) -> bool:
+        """Mark a job failed with its reason (with ``token``: only while the caller holds its lease)."""
+        sql = ("UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ?, lease_token = NULL,"
+               " lease_expires_at = NULL WHERE id = ?")
+        args: list[Any] = [_now(), error, job_id]
+        if token is not None:
+            sql += " AND status = 'running' AND lease_token = ?"
+            args.append(token)
+        with self._tx() as conn:
+            return conn.execute(sql, args).rowcount == 1
+
+    def running_jobs(self) -> list[Job]:
+        """Every job now marked running, with its lease."""
+        with self._connect() as conn:
+            return [_job(r) for r in conn.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")]  # type: ignore[misc]
+
+    def recover_expired(
+        self, *, max_attempts: int = 3, is_dead: Callable[[str], bool] | None = None
+    ) -> tuple[list[Job], list[Job]]:
+        """Put back in the queue the running jobs whose worker is gone; fail those tried ``max_attempts`` times.
+
+        A worker is gone when its lease ran out (it stopped renewing it: killed, frozen, its
+        machine lost) or when ``is_dead(job.worker)`` says so (a process on this machine that
+        no longer exists; :func:`liverseg.web.lease.owner_is_dead`). A job whose lease is live
+        is never touched, whoever started the server. Returns ``(requeued, failed)`` jobs as
+        they were before the change.
+        """
+        now = time.time()
+        requeued: list[Job] = []
+        failed: list[Job] = []
+        for job in self.running_jobs():
+            expired = job.lease_expires_at is None or job.lease_expires_at <= now
+            if not expired and not (is_dead is not None and job.worker and is_dead(job.worker)):
+                continue
+            give_up = job.attempts >= max_attempts
+            with self._tx() as conn:
+                same = ("WHERE id = ? AND status = 'running' AND"
+                        " (lease_token = ? OR (lease_token IS NULL AND ? IS NULL))")
+                if give_up:
+                    n = conn.execute(
+                        "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ?,"
+                        " lease_token = NULL, lease_expires_at = NULL " + same,
+                        (
+                            _now(),
+                            f"the worker running this job stopped {max_attempts} times (killed, out of memory, or "
+                            "its machine lost); the scan may need more memory than the workers have. Press Retry to "
+                            "try again",
+                            job.id, job.lease_token, job.lease_token,
+                        ),
+                    ).rowcount
+                else:
+                    n = conn.execute(
+                        "UPDATE jobs SET status = 'queued', stage = 'requeued: its worker stopped (crash or restart)',"
+                        " progress = 0, lease_token = NULL, lease_expires_at = NULL, dispatch_id = NULL,"
+                        " dispatched_at = NULL " + same,
+                        (job.id, job.lease_token, job.lease_token),
+                    ).rowcount
+            if n:
+                (failed if give_up else requeued).append(job)
         return requeued, failed
+
+    def recover_running(
+        self, *, max_attempts: int = 3, is_dead: Callable[[str], bool] | None = None
+    ) -> tuple[int, int]:
+        """:meth:`recover_expired` as counts ``(requeued, failed)`` (for the log after a restart)."""
+        requeued, failed = self.recover_expired(max_attempts=max_attempts, is_dead=is_dead)
+        return len(requeued), len(failed)
+
+    # -- dispatch to a broker -----------------------------------------------------------
+    def undispatched_jobs(self, *, stale_s: float | None = None, limit: int = 100) -> list[Job]:
+        """Queued jobs not yet handed to the broker, oldest first; with ``stale_s`` also those handed
+        over more than ``stale_s`` seconds ago (the caller checks whether the broker still has them)."""
+        sql = "SELECT * FROM jobs WHERE status = 'queued' AND (dispatch_id IS NULL"
+        args: list[Any] = []
+        if stale_s is not None:
+            sql += " OR dispatched_at < ?"
+            args.append(time.time() - float(stale_s))
+        sql += ") ORDER BY id LIMIT ?"
+        args.append(int(limit))
+        with self._connect() as conn:
+            return [_job(r) for r in conn.execute(sql, args)]  # type: ignore[misc]
+
+    def mark_dispatched(self, job_id: int, dispatch_id: str, *, previous: str | None = None) -> bool:
+        """Record that a queued job was handed to the broker as ``dispatch_id``.
+
+        Only when its dispatch id is still ``previous`` (None: never dispatched), so two
+        dispatchers racing on one job agree on one message; False when another one won.
+        """
+        with self._tx() as conn:
+            return conn.execute(
+                "UPDATE jobs SET dispatch_id = ?, dispatched_at = ? WHERE id = ? AND status = 'queued' AND"
+                " (dispatch_id = ? OR (dispatch_id IS NULL AND ? IS NULL))",
+                (dispatch_id, time.time(), job_id, previous, previous),
+            ).rowcount == 1
+
+    def job(self, job_id: int) -> Job | None:
+        with self._connect() as conn:
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def result(self, study_id: str) -> dict[str, Any] | None:
         """The stored report JSON of a finished study, or ``None``."""

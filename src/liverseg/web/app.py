@@ -204,11 +204,14 @@ def create_app(
     app.extensions["liverseg"] = ctx
 
     csrf = CSRFProtect(app)
-    from liverseg.web import api, views
+    from liverseg.web import api, corrections, views
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(corrections.bp)  # mask versions: the viewer's CT, saving corrections
+    app.register_blueprint(corrections.api_bp)
     csrf.exempt(api.bp)  # the API authenticates with Bearer tokens, never with cookies
+    csrf.exempt(corrections.api_bp)
 
     @app.after_request
     def _headers(resp):  # type: ignore[no-untyped-def]

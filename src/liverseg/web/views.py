@@ -7,6 +7,7 @@ import logging
 import secrets
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from flask import (
@@ -19,7 +20,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    send_file,
     session,
     url_for,
 )
@@ -28,7 +28,7 @@ from liverseg.errors import InputError, ResourceError, TooLargeError
 from liverseg.web import auth
 from liverseg.web.jobs import analysis_of
 from liverseg.web.store import Study, User
-from liverseg.web.uploads import new_study_id, output_dir, save_upload, study_dir
+from liverseg.web.uploads import new_study_id, save_upload, study_dir
 from liverseg.web.viewer import WINDOW_PRESETS
 
 __all__ = ["bp", "OUTPUT_FILES", "ctx", "create_study", "delete_study_files", "study_json"]
@@ -190,9 +190,15 @@ def delete_study_files(study_id: str) -> None:
     shutil.rmtree(study_dir(c.data_dir, study_id), ignore_errors=True)
 
 
-def available_files(study_id: str) -> list[str]:
-    out = output_dir(ctx().data_dir, study_id)
-    return [name for name in OUTPUT_FILES if (out / name).is_file()]
+def available_files(study_id: str, version: int | None = None) -> list[str]:
+    """Downloadable files of a mask version (the newest when None): outputs, then the 3D meshes."""
+    from liverseg.web.corrections import list_versions, version_files
+
+    if version is None:
+        study = ctx().store.study(study_id)
+        versions = list_versions(ctx().data_dir, study) if study is not None else []
+        version = versions[-1].number if versions else 1
+    return version_files(ctx().data_dir, study_id, version)
 
 
 def study_json(study: Study, *, with_report: bool = False) -> dict[str, Any]:
@@ -220,21 +226,28 @@ def study_json(study: Study, *, with_report: bool = False) -> dict[str, Any]:
         },
     }
     if study.status == "done":
-        d["files"] = available_files(study.id)
+        from liverseg.web.corrections import list_versions, version_files, version_report
+        from liverseg.web.jobs import summarize_report
+
+        c = ctx()
+        versions = list_versions(c.data_dir, study)
+        d["files"] = version_files(c.data_dir, study.id, versions[-1].number)
+        d["mask_version"] = versions[-1].number  # the newest mask: corrections are versions 2, 3, ...
+        d["versions"] = [v.to_json(version_files(c.data_dir, study.id, v.number)) for v in versions]
+        if versions[-1].number > 1:
+            report = version_report(c.data_dir, study, versions[-1], c.store)
+            d["summary"] = summarize_report(report)
         if with_report:
-            d["report"] = ctx().store.result(study.id)
+            d["report"] = report if versions[-1].number > 1 else c.store.result(study.id)
     return d
 
 
 def send_output(study: Study, name: str, *, as_attachment: bool = True) -> Any:
-    if name not in OUTPUT_FILES or study.status != "done":
-        abort(404)
-    path = output_dir(ctx().data_dir, study.id) / name
-    if not path.is_file():
-        abort(404)
-    download = f"liverseg-{study.id}-{name}"
-    return send_file(path, mimetype=OUTPUT_FILES[name][1], as_attachment=as_attachment, download_name=download,
-                     max_age=0)
+    """One output of the mask version in ``?version=N`` (the newest by default), meshes included."""
+    from liverseg.web.corrections import send_version_file
+
+    return send_version_file(ctx().data_dir, study, name, version=request.args.get("version"),
+                             as_attachment=as_attachment)
 
 
 # --------------------------------------------------------------------------- login
@@ -321,11 +334,19 @@ def upload() -> Any:
 @bp.route("/studies/<study_id>")
 @login_required
 def study(study_id: str) -> Any:
+    from liverseg.web.corrections import file_label, resolve_version, version_report
+
     s = _own_study(study_id)
     if s.status != "done":
         return render_template("job.html", study=s)
-    return render_template("study.html", study=s, vm=_view_model(s),
-                           files=[(n, OUTPUT_FILES[n][0]) for n in available_files(s.id)])
+    c = ctx()
+    version, versions = resolve_version(c.data_dir, s, request.args.get("version"))
+    files = available_files(s.id, version.number)
+    return render_template("study.html", study=s, vm=_view_model(s, version_report(c.data_dir, s, version, c.store)),
+                           version=version, versions=versions,
+                           files=[(n, file_label(n)) for n in files if not n.startswith("mesh-")],
+                           mesh_files=[n for n in files if n.startswith("mesh-")],
+                           viewer_installed=(Path(current_app.static_folder or "") / "vendor" / "niivue.umd.js").is_file())
 
 
 @bp.route("/studies/<study_id>/status.json")
@@ -363,8 +384,9 @@ def download(study_id: str, name: str) -> Any:
 # --------------------------------------------------------------------------- dashboard data
 
 
-def _view_model(study: Study) -> dict[str, Any]:
-    report = ctx().store.result(study.id) or {}
+def _view_model(study: Study, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the dashboard shows of ``report`` (a mask version's report.json; the model's when None)."""
+    report = report if report is not None else (ctx().store.result(study.id) or {})
     a = analysis_of(report)
     shape = a.get("shape") or [1, 0, 0]
     lesions = []
@@ -387,6 +409,7 @@ def _view_model(study: Study) -> dict[str, Any]:
             "touches_scan_end": les.get("touches_scan_end"),
             "confidence": les.get("confidence"),
             "confidence_level": les.get("confidence_level"),
+            "centroid_voxel": les.get("centroid_voxel"),
         })
     # start on the slice of the largest lesion, else the middle of the scan
     start = shape[0] // 2
@@ -424,10 +447,13 @@ def _view_model(study: Study) -> dict[str, Any]:
 @bp.route("/studies/<study_id>/data.json")
 @login_required
 def study_data(study_id: str) -> Any:
+    from liverseg.web.corrections import resolve_version, version_report
+
     s = _own_study(study_id)
     if s.status != "done":
         abort(404)
-    return jsonify(_view_model(s))
+    version, _ = resolve_version(ctx().data_dir, s, request.args.get("version"))
+    return jsonify(_view_model(s, version_report(ctx().data_dir, s, version, ctx().store)))
 
 
 def _float_arg(name: str, default: float, lo: float, hi: float) -> float:

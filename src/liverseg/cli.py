@@ -304,12 +304,44 @@ def _run_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare two scans of one patient lesion by lesion, with the RECIST 1.1 response",
+        description="Register FOLLOWUP onto BASELINE, match lesions, and write comparison.json, lesion_changes.csv, "
+                    "lesion_pairs.png, comparison.html and comparison.pdf into --out. Each scan is a study folder "
+                    "(mask.nii.gz from `liverseg predict`) or a mask file; give its CT with --baseline-ct/--followup-ct.",
+    )
+    p.add_argument("baseline", help="the earlier study folder (or mask file)")
+    p.add_argument("followup", help="the later study folder (or mask file)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder for the comparison")
+    p.add_argument("--baseline-ct", default=None, metavar="PATH", help="the baseline's CT (NIfTI, DICOM folder or zip)")
+    p.add_argument("--followup-ct", default=None, metavar="PATH", help="the follow-up's CT")
+    p.add_argument("--max-distance-mm", type=_positive_float, default=15.0,
+                   help="largest centroid distance (mm, after registration) that matches two non-overlapping lesions")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--json", action="store_true", help="print comparison.json instead of a summary")
+    p.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from liverseg.analysis.compare import compare, format_comparison
+
+    result = compare(args.baseline, args.followup, baseline_ct=args.baseline_ct, followup_ct=args.followup_ct,
+                     out_dir=args.out, max_distance_mm=args.max_distance_mm, overwrite=args.overwrite)
+    sys.stdout.write((json.dumps(result.to_dict(), indent=2) if args.json else format_comparison(result)) + "\n")
+    return 0
+
+
 # Each subcommand adds itself here: (name, function adding its parser).
 _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
     _add_info,
     _add_predict,
     _add_train,
     _add_evaluate,
+    _add_compare,
     _add_serve,
     _add_users,
 ]

@@ -97,8 +97,12 @@ class StageConfig:
         merge_tumor: train liver vs background only (tumor counted as liver); implies 2 classes.
         synthetic_tumors: ``None``/``False`` off, ``True`` on with defaults, or a dict of
             keyword arguments for :class:`liverseg.training.synthetic_tumors.SyntheticTumors`.
-        foreground_fraction: share of patches centred on liver.
-        tumor_fraction: share of patches centred on tumor (where the case has tumor).
+        foreground_fraction: share of patches centred on liver (lesions included).
+        tumor_fraction: share of patches centred on tumor (where the case has tumor), part of
+            ``foreground_fraction``. Default 0: no tumor oversampling, patches centred on
+            label > 0 against anywhere 1 : 1, as the calibration recipe (MONAI's
+            ``RandCropByPosNegLabeld``, pos 1 : neg 1); oversampling lesions shifts the
+            network's prior towards tumor and raises false-positive lesions.
         augment: spatial and intensity augmentation on or off.
         elastic: add elastic deformation to the spatial augmentation (slower).
         contrast_phase: with ``augment``, simulate other contrast phases and scanners in HU
@@ -109,7 +113,9 @@ class StageConfig:
             partial-label loss of :mod:`liverseg.training.losses`), so their livers teach
             nothing about tumor vs liver; ``"tumor_free"``: taught as fully annotated livers
             with no tumor (the calibration recipe's rule; right for healthy-organ data such as
-            CHAOS and for 3D-IRCADb 7, whose only tumor lies outside the liver).
+            CHAOS and for 3D-IRCADb 7, whose only tumor lies outside the liver). Default
+            ``"tumor_free"``, the calibration's rule: with ``"marginal"`` half of the four
+            labelled volumes reward calling parenchyma and vessels tumor as much as liver.
         liver_only_synthetic_annotated: treat liver-only cases as tumor-free, so patches with
             synthetic tumors painted into them are fully supervised (e.g. healthy CHAOS livers).
         deep_supervision: train with the network's multi-resolution outputs.
@@ -133,11 +139,11 @@ class StageConfig:
     merge_tumor: bool = False
     synthetic_tumors: bool | dict[str, Any] | None = None
     foreground_fraction: float = 0.5
-    tumor_fraction: float = 0.35
+    tumor_fraction: float = 0.0
     augment: bool = True
     elastic: bool = False
     contrast_phase: bool = False
-    liver_only: Literal["marginal", "tumor_free"] = "marginal"
+    liver_only: Literal["marginal", "tumor_free"] = "tumor_free"
     liver_only_synthetic_annotated: bool = False
     deep_supervision: bool = True
     image_slices: dict[str, Any] | None = None

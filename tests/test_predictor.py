@@ -230,10 +230,10 @@ def test_labels_from_probabilities_match_a_full_linear_resampling():
 
     torch.manual_seed(0)
     x = torch.rand(3, 7, 11, 9)
-    sub = x
+    sub = x.numpy()
     for axis, (n, lo, hi) in enumerate([(17, 3, 12), (23, 0, 23), (5, 1, 4)]):
         sub = _linear_axis(sub, axis + 1, n, lo, hi)
-    torch.testing.assert_close(sub, resample_to_shape(x, (17, 23, 5))[:, 3:12, :, 1:4])
+    torch.testing.assert_close(torch.from_numpy(sub), resample_to_shape(x, (17, 23, 5))[:, 3:12, :, 1:4])
     # background margins on the stage grid: only the foreground's neighbourhood is resampled, same answer
     p = torch.softmax(torch.randn(3, 12, 20, 20) * 3 + torch.tensor([4.0, 0, 0])[:, None, None, None], 0)
     p[:, :3] = torch.tensor([1.0, 0, 0])[:, None, None, None]

@@ -43,6 +43,7 @@ import torch
 from liverseg.analysis.confidence import LOW_CONFIDENCE, TumorProbability, drop_unconfident_lesions
 from liverseg.errors import DimensionError, InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
+from liverseg.inference.sliding_window import sliding_window_inference, window_slices
 from liverseg.io.volume import Volume
 from liverseg.io.limits import MAX_STAGE_VOXELS, MAX_UPSAMPLING, UPSAMPLING_FREE_VOXELS, check_segmentable
 from liverseg.models.bundle import ModelBundle, Stage, load_bundle
@@ -122,32 +123,51 @@ def _mirror_axes(nd: int, tta: bool) -> list[tuple[int, ...]]:
     return [combo for r in range(nd + 1) for combo in itertools.combinations(spatial, r)]
 
 
-def _n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    """Number of sliding windows MONAI's inferer uses on ``shape`` (same rule as its scan intervals)."""
-    n = 1
-    for s, r in zip(shape, roi):
-        r = min(r, s) if s < r else r
-        s = max(s, r)
-        interval = max(int(r * (1 - overlap)), 1)
-        n *= 1 if s <= r else math.ceil((s - r) / interval) + 1
-    return n
+def _linear_weights(n_in: int, n_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weights of outputs ``start:stop`` of a linear resampling
+    from ``n_in`` to ``n_out`` samples, as ``F.interpolate(..., align_corners=False)`` places
+    them: source = (i + 0.5) · n_in / n_out − 0.5, clamped at 0 and at the last sample."""
+    i = np.arange(start, stop, dtype=np.float64)
+    src = np.maximum((i + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
 
 
-def _linear_axis(x: torch.Tensor, axis: int, n_out: int, start: int, stop: int) -> torch.Tensor:
-    """Outputs ``start:stop`` of resampling ``x`` linearly along ``axis`` to ``n_out`` samples.
+def _linear_axis(x: np.ndarray, axis: int, n_out: int, start: int, stop: int) -> np.ndarray:
+    """Outputs ``start:stop`` of resampling ``x`` (float32 numpy) linearly along ``axis`` to ``n_out`` samples.
 
-    The same samples as ``F.interpolate(..., mode="trilinear", align_corners=False)`` (per axis:
-    source = (i + 0.5) · n_in / n_out − 0.5, clamped at 0), computed for a sub-range only.
+    The same samples as ``F.interpolate(..., mode="trilinear", align_corners=False)``, computed
+    for a sub-range only, with two gathers and in-place blending (``a + (b − a) · w``): on the
+    2-core CPU many times faster than torch's ``index_select`` on a CT-sized box.
     """
-    n_in = x.shape[axis]
-    i = torch.arange(start, stop, dtype=torch.float64)
-    src = ((i + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
-    i0 = src.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
+    i0, i1, w = _linear_weights(x.shape[axis], n_out, start, stop)
+    return _blend(x, axis, i0, i1, w)
+
+
+def _blend(x: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x[i0] · (1 − w) + x[i1] · w`` along ``axis``, as ``x[i0] + (x[i1] − x[i0]) · w`` in place."""
     shape = [1] * x.ndim
     shape[axis] = -1
-    w = (src - i0.double()).float().view(shape)
-    return x.index_select(axis, i0) * (1.0 - w) + x.index_select(axis, i1) * w
+    a = np.take(x, i0, axis=axis)
+    b = np.take(x, i1, axis=axis)
+    b -= a
+    b *= w.reshape(shape)
+    b += a
+    return b
+
+
+def _argmax_classes(p: Sequence[np.ndarray]) -> np.ndarray:
+    """``argmax`` over the class list ``p`` (arrays of one shape) as uint8, the first class winning
+    ties, as ``torch.argmax`` — by comparisons, much faster than a strided reduction over a
+    (C, z, y, x) array."""
+    labels = np.zeros(p[0].shape, np.uint8)
+    best = p[0]
+    for k in range(1, len(p)):
+        win = p[k] > best
+        labels[win] = k
+        best = np.where(win, p[k], best) if k < len(p) - 1 else best
+    return labels
 
 
 class _OnnxNet:
@@ -435,8 +455,6 @@ class Predictor:
         kind: Literal["3d", "2d"] = "2d" if volume.is_2d else "3d"
         report("load_model", 0.0)
         t0 = time.perf_counter()
-        import monai.inferers  # noqa: F401  (its first import takes seconds: count it here, not in a stage)
-
         bundle = self.bundle(kind)
         for stage in bundle.stages:
             self._net(kind, bundle, stage)
@@ -614,8 +632,6 @@ class Predictor:
         report: Callable[[float], None],
     ) -> torch.Tensor:
         """Softmax (C, z', y', x') of one stage on the stage's grid (float32, on the device)."""
-        from monai.inferers import sliding_window_inference
-
         plan = stage.plan
         nd = 2 if kind == "2d" else 3
         target = tuple(hu.shape)
@@ -648,7 +664,8 @@ class Predictor:
                 x = resize_slices(x, roi_size)
         net = self._net(kind, bundle, stage)
         flips = _mirror_axes(nd, self.tta)
-        total = max(1, _n_windows(x.shape[2:], roi_size, self.overlap) * len(flips))
+        padded = [max(n, r) for n, r in zip(x.shape[2:], roi_size)]
+        total = max(1, len(window_slices(padded, roi_size, self.overlap)) * len(flips))
         done = [0]
 
         def counted(batch: torch.Tensor) -> torch.Tensor:
@@ -661,8 +678,8 @@ class Predictor:
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
             logits = sliding_window_inference(
-                xi, roi_size, self.sw_batch_size, counted, overlap=self.overlap, mode="gaussian",
-                padding_mode="constant", cval=float(plan.normalize(np.array([plan.clip_hu[0]]))[0]),
+                xi, roi_size, counted, overlap=self.overlap, sw_batch_size=self.sw_batch_size,
+                cval=float(plan.normalize(np.array([plan.clip_hu[0]]))[0]),
             )
             p = torch.softmax(torch.as_tensor(logits).float(), dim=1)
             if axes:
@@ -689,29 +706,36 @@ class Predictor:
         and the tumor probability in the resampled box (None for a 2-class model or no foreground).
 
         Only the part of the region near the stage's foreground is resampled: where all
-        neighbouring stage voxels say background, so does any linear blend of them.
+        neighbouring stage voxels say background, so does any linear blend of them. Only the
+        foreground channels are resampled; background is their complement (the softmax sums
+        to 1, and a linear blend keeps the sum).
         """
         labels = np.zeros(tuple(shape), np.uint8)
-        probs = probs.float().cpu()
-        fg = probs.argmax(0) > 0
+        p = probs.float().cpu().numpy()
+        fg = _argmax_classes(list(p)) > 0
         if not bool(fg.any()):
             return labels, None
         out_shape = [s.stop - s.start for s in roi]
-        ranges = []
-        for axis, (n_out, m) in enumerate(zip(out_shape, probs.shape[1:])):
+        ranges, crop = [], []
+        for axis, (n_out, m) in enumerate(zip(out_shape, p.shape[1:])):
             other = tuple(a for a in range(3) if a != axis)
-            idx = torch.nonzero(fg.any(dim=other)).flatten()
+            idx = np.flatnonzero(fg.any(axis=other))
             a, b = int(idx[0]), int(idx[-1])
             scale = n_out / m
             lo = max(0, int(math.floor((a - 1.0) * scale)) - 1)
             hi = min(n_out, int(math.ceil((b + 2.0) * scale)) + 1)
             ranges.append((lo, hi))
-        sub = probs
-        for axis, (n_out, (lo, hi)) in enumerate(zip(out_shape, ranges)):
-            sub = _linear_axis(sub, axis + 1, n_out, lo, hi)
+            i0, i1, _ = _linear_weights(m, n_out, lo, hi)
+            crop.append(slice(int(i0.min()), int(i1.max()) + 1))  # the stage voxels these outputs read
+        sub = np.ascontiguousarray(p[(slice(1, None), *crop)])
+        for axis, (n_out, (lo, hi), c) in enumerate(zip(out_shape, ranges, crop)):
+            # indices relative to the crop: resample the whole axis' grid, read only the crop's part
+            i0, i1, w = _linear_weights(p.shape[axis + 1], n_out, lo, hi)
+            sub = _blend(sub, axis + 1, i0 - c.start, i1 - c.start, w)
+        background = 1.0 - sub.sum(axis=0, dtype=np.float32)
         box = tuple(slice(r.start + lo, r.start + hi) for r, (lo, hi) in zip(roi, ranges))
-        labels[box] = sub.argmax(0).to(torch.uint8).numpy()
-        tumor = TumorProbability(box=box, values=sub[2].numpy().astype(np.float16)) if sub.shape[0] > 2 else None
+        labels[box] = _argmax_classes([background, *sub])
+        tumor = TumorProbability(box=box, values=sub[1].astype(np.float16)) if sub.shape[0] > 1 else None
         return labels, tumor
 
     def _full_probabilities(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:

@@ -15,8 +15,9 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from liverseg.web.auth import INITIAL_PASSWORD_FILE, LoginLimiter
-from liverseg.web.jobs import DEFAULT_JOB_MEMORY_BYTES, DEFAULT_JOB_TIMEOUT_S, WorkerPool, shared_factory
-from liverseg.web.store import Store
+from liverseg.web.backends import JobBackend, make_job_backend
+from liverseg.web.jobs import DEFAULT_JOB_MEMORY_BYTES, DEFAULT_JOB_TIMEOUT_S, shared_factory
+from liverseg.web.store import DEFAULT_LEASE_S, Store
 from liverseg.web.uploads import input_path, output_dir
 from liverseg.web.viewer import VolumeCache, load_study_volumes
 
@@ -47,15 +48,20 @@ class WebContext:
 
     data_dir: Path
     store: Store
-    pool: WorkerPool
+    pool: JobBackend
     cache: VolumeCache
     limiter: LoginLimiter
     max_files: int
     max_upload_bytes: int
 
 
-def open_store(data_dir: str | Path) -> Store:
-    """The store of a data folder (``<data_dir>/liverseg.sqlite3``), created and migrated when needed."""
+def open_store(data_dir: str | Path, *, database: str | None = None) -> Store:
+    """The store of a data folder (``<data_dir>/liverseg.sqlite3``), or of ``database`` (``postgresql://...``),
+    created and migrated when needed."""
+    if database:
+        from liverseg.web.db import open_database
+
+        return Store(database=open_database(database))
     return Store(path=Path(data_dir) / "liverseg.sqlite3")
 
 
@@ -134,6 +140,9 @@ def create_app(
     viewer_cache_size: int = 4,
     job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
     job_memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
+    database: str | None = None,
+    broker: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
     **config: Any,
 ) -> Flask:
     """Build the liverseg web app over the data folder ``data_dir``.
@@ -152,6 +161,11 @@ def create_app(
         viewer_cache_size: studies whose volumes stay in memory for the slice viewer.
         job_timeout_s: a job running longer is stopped and failed with the reason (seconds; None: no limit).
         job_memory_bytes: a job growing the process by more is stopped and failed (bytes; None: no limit).
+        database: ``postgresql://user:password@host:port/name`` for the tables (default: SQLite in ``data_dir``).
+        broker: ``redis://host:port/db``: jobs go to ``liverseg worker`` processes through RQ instead of
+            ``workers`` local threads (``liverseg.web.backends``).
+        lease_s: a running job's lease (seconds): after this long without a heartbeat its worker is presumed
+            dead and the job requeued.
         **config: further Flask config keys (e.g. ``TESTING=True``).
 
     >>> app = create_app(data_dir="liverseg-data", start_workers=False)  # doctest: +SKIP
@@ -162,7 +176,7 @@ def create_app(
             raise ValueError(f"{name} must be >= 1; got {value}")
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = open_store(data_dir)
+    store = open_store(data_dir, database=database)
     _clean_orphans(data_dir, store)
     _make_private(data_dir)
 
@@ -186,8 +200,8 @@ def create_app(
     app.debug = False
 
     factory = shared_factory(predictor_factory or default_predictor_factory(model))
-    pool = WorkerPool(store=store, data_dir=data_dir, predictor_factory=factory, workers=int(workers),
-                      timeout_s=job_timeout_s, memory_bytes=job_memory_bytes)
+    pool = make_job_backend(store=store, data_dir=data_dir, predictor_factory=factory, workers=int(workers),
+                            broker=broker, lease_s=lease_s, timeout_s=job_timeout_s, memory_bytes=job_memory_bytes)
 
     def load(study_id: str) -> Any:
         return load_study_volumes(input_path(data_dir, study_id), output_dir(data_dir, study_id) / "mask.nii.gz")
@@ -212,6 +226,11 @@ def create_app(
     app.register_blueprint(corrections.api_bp)
     csrf.exempt(api.bp)  # the API authenticates with Bearer tokens, never with cookies
     csrf.exempt(corrections.api_bp)
+    from liverseg.web import compare  # follow-up comparisons: pages and /api/comparisons
+
+    app.register_blueprint(compare.bp)
+    app.register_blueprint(compare.api_bp)
+    csrf.exempt(compare.api_bp)
 
     @app.after_request
     def _headers(resp):  # type: ignore[no-untyped-def]

@@ -64,6 +64,7 @@ def wait(app):
     app.extensions["liverseg_compare"].wait(timeout=120)
 
 
+@pytest.mark.slow  # about 20 s on the busy 2-core machine (uploads, reports, two comparisons)
 def test_compare_page_api_and_linked_slices(env, tmp_path):
     app, tokens = env
     c = app.test_client()

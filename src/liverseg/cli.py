@@ -215,7 +215,21 @@ def _add_serve(sub: "argparse._SubParsersAction") -> None:
                    help="stop a job after this many seconds (default 1800)")
     p.add_argument("--job-memory-gb", type=_positive_float, default=6.0,
                    help="stop a job that grows the server by more than this many GB (default 6)")
+    _add_scale_out(p)
     p.set_defaults(handler=_run_serve)
+
+
+def _add_scale_out(p: argparse.ArgumentParser, *, worker: bool = False) -> None:
+    """--database, --broker and --visibility-timeout-s: shared by serve and worker (docs/deploy.md)."""
+    p.add_argument("--database", default=None, metavar="URL",
+                   help="postgresql://user@host:5432/name for studies, users and jobs (default: SQLite in --data-dir;"
+                        " the password goes in ~/.pgpass or PGPASSWORD, not on the command line)")
+    p.add_argument("--broker", default=None, metavar="URL", required=worker,
+                   help="redis://host:6379/0: " + ("take jobs from this queue" if worker else
+                        "hand jobs to `liverseg worker` processes through this queue instead of running them here"))
+    p.add_argument("--visibility-timeout-s", type=_positive_float, default=60.0, metavar="S",
+                   help="a running job whose worker stops renewing its lease for this long (killed, machine lost) "
+                        "is requeued (default 60)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -228,7 +242,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from liverseg.web.auth import write_initial_password
 
     Path(args.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    password = ensure_admin(open_store(args.data_dir))
+    password = ensure_admin(open_store(args.data_dir, database=args.database))
     if password is not None:  # into a private file: service managers keep stdout in their logs
         where = write_initial_password(args.data_dir, "admin", password)
         sys.stdout.write(f"Created the first user 'admin'; its password is in {where} (readable by you only).\n"
@@ -241,13 +255,55 @@ def _run_serve(args: argparse.Namespace) -> int:
     serve(data_dir=args.data_dir, host=args.host, port=args.port, workers=args.workers, model=args.model,
           max_upload_bytes=int(args.max_upload_gb * 1024**3), max_files=args.max_files,
           secure_cookies=not args.insecure_cookies, job_timeout_s=args.job_timeout_s,
-          job_memory_bytes=int(args.job_memory_gb * 1024**3), on_listening=listening)
+          job_memory_bytes=int(args.job_memory_gb * 1024**3), on_listening=listening, database=args.database,
+          broker=args.broker, lease_s=args.visibility_timeout_s)
+    return 0
+
+
+def _add_worker(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("worker", help="run web app jobs from a Redis queue (any number, on any machine; docs/deploy.md)")
+    p.add_argument("--data-dir", default="liverseg-data", help="the server's data folder, shared with this machine")
+    p.add_argument("--model", default=None, help="3D model bundle name or folder (default: the bundled model)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per job (default: torch's choice)")
+    p.add_argument("--job-timeout-s", type=_positive_float, default=1800.0,
+                   help="stop a job after this many seconds (default 1800)")
+    p.add_argument("--job-memory-gb", type=_positive_float, default=6.0,
+                   help="stop a job that grows the worker by more than this many GB (default 6)")
+    p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    _add_scale_out(p, worker=True)
+    p.set_defaults(handler=_run_worker)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from liverseg.web.app import open_store
+    from liverseg.web.jobs import shared_factory
+    from liverseg.web.lock import check_database_of
+    from liverseg.web.queue_rq import run_worker
+
+    def build() -> object:
+        from liverseg.inference import Predictor
+
+        options = {"device": args.device, "threads": args.threads}
+        return Predictor(args.model, **options) if args.model else Predictor(**options)
+
+    if not args.database and not (Path(args.data_dir) / "liverseg.sqlite3").is_file():
+        raise InputError(f"{args.data_dir} has no liverseg.sqlite3: give the server's --database, or point --data-dir "
+                         "at the folder of a server that uses SQLite")
+    store = open_store(args.data_dir, database=args.database)
+    check_database_of(args.data_dir, store)
+    run_worker(broker_url=args.broker, store=store, data_dir=args.data_dir, predictor_factory=shared_factory(build),
+               lease_s=args.visibility_timeout_s, timeout_s=args.job_timeout_s,
+               memory_bytes=int(args.job_memory_gb * 1024**3), burst=args.burst)
     return 0
 
 
 def _add_users(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("users", help="manage web app users and API tokens")
     p.add_argument("--data-dir", default="liverseg-data", help="the web app's data folder (default ./liverseg-data)")
+    p.add_argument("--database", default=None, metavar="URL", help="the server's postgresql://... database, if any")
     us = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     a = us.add_parser("add", help="add a user with a random password (printed once)")
     a.add_argument("name")
@@ -259,6 +315,7 @@ def _add_users(sub: "argparse._SubParsersAction") -> None:
     lst = us.add_parser("list", help="list users")
     for q in (a, t, w, lst):
         q.add_argument("--data-dir", default=argparse.SUPPRESS, help="as above")
+        q.add_argument("--database", default=argparse.SUPPRESS, help="as above")
     p.set_defaults(handler=_run_users)
 
 
@@ -266,7 +323,7 @@ def _run_users(args: argparse.Namespace) -> int:
     from liverseg.web import auth
     from liverseg.web.app import open_store
 
-    store = open_store(args.data_dir)
+    store = open_store(args.data_dir, database=args.database)
     if args.users_command == "list":
         for u in store.users():
             sys.stdout.write(f"{u.name}\t{'admin' if u.is_admin else 'user'}\t{u.created_at}\n")
@@ -343,6 +400,7 @@ _BUILDERS: list[Callable[["argparse._SubParsersAction"], None]] = [
     _add_evaluate,
     _add_compare,
     _add_serve,
+    _add_worker,
     _add_users,
 ]
 

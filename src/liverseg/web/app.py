@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from liverseg.web.auth import INITIAL_PASSWORD_FILE, LoginLimiter
 from liverseg.web.backends import JobBackend, make_job_backend
 from liverseg.web.jobs import DEFAULT_JOB_MEMORY_BYTES, DEFAULT_JOB_TIMEOUT_S, shared_factory
+from liverseg.web.lock import check_database_of
 from liverseg.web.store import DEFAULT_LEASE_S, Store
 from liverseg.web.uploads import input_path, output_dir
 from liverseg.web.viewer import VolumeCache, load_study_volumes
@@ -177,6 +178,7 @@ def create_app(
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_store(data_dir, database=database)
+    check_database_of(data_dir, store, record=True)  # before _clean_orphans: never clean against the wrong database
     _clean_orphans(data_dir, store)
     _make_private(data_dir)
 

@@ -22,13 +22,16 @@ import os
 import socket
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from liverseg.errors import InputError
 
-__all__ = ["DataDirLock", "ServerConflictError", "LOCK_FILE", "port_in_use_message"]
+__all__ = ["DataDirLock", "ServerConflictError", "LOCK_FILE", "DATABASE_ID_FILE", "check_database_of", "port_in_use_message"]
 
 #: The lock file inside the data folder.
 LOCK_FILE = "server.lock"
+#: Names the database whose rows describe this data folder's studies.
+DATABASE_ID_FILE = "database-id"
 
 
 class ServerConflictError(InputError):
@@ -120,3 +123,34 @@ def port_in_use_message(host: str, port: int) -> str:
     """What a server says when ``host:port`` is taken."""
     return (f"the port {port} on {host} is already in use by another program (perhaps another liverseg serve); "
             f"stop it, or choose another port with --port")
+
+
+def check_database_of(data_dir: str | Path, store: Any, *, record: bool = False) -> None:
+    """Refuse a data folder whose studies belong to another database than ``store``'s.
+
+    The server cleans study folders that have no row in its database on start, so a server
+    started on a PostgreSQL deployment's data folder without its ``--database`` (or with
+    another one) would delete every stored study. The first server on a folder records its
+    database's id (:meth:`Store.instance_id`) in ``<data_dir>/database-id`` (``record``);
+    afterwards a server or worker with another database stops here.
+
+    Raises:
+        ServerConflictError: the folder belongs to another database; the message says which.
+    """
+    path = Path(data_dir) / DATABASE_ID_FILE
+    mine = store.instance_id()
+    try:
+        recorded = path.read_text(encoding="utf-8").split("\n", 1)
+    except FileNotFoundError:
+        if record:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{mine}\n{store.db.describe()}\n", encoding="utf-8")
+            os.replace(tmp, path)
+        return
+    if recorded[0].strip() != mine:
+        where = recorded[1].strip() if len(recorded) > 1 else "another database"
+        raise ServerConflictError(
+            f"the data folder {Path(data_dir).resolve()} holds the studies of another database ({where}), not of "
+            f"{store.db.describe()}; start with the --database it was used with (a server on the wrong one would "
+            f"delete the studies it does not know). If you moved the tables on purpose, delete {path}"
+        )

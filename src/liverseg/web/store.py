@@ -1,12 +1,17 @@
-"""The web app's SQLite store: users, API tokens, studies, jobs and results.
+"""The web app's store: users, API tokens, sessions, studies, jobs and results.
 
-One file (``<data_dir>/liverseg.sqlite3``) in WAL mode, one short-lived connection per
-operation, so worker threads and request threads never share a connection. The schema
-is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` is an append-only list of
-SQL scripts and :meth:`Store.migrate` applies those the file has not seen yet.
+The tables live in a :class:`~liverseg.web.db.Database`: by default one SQLite file
+(``<data_dir>/liverseg.sqlite3``, WAL mode, one short-lived connection per operation, so
+worker threads and request threads never share a connection), or PostgreSQL
+(``--database postgresql://...``; :mod:`liverseg.web.db_postgres`) when workers on other
+machines share the database. The SQL is one text for both. The schema is versioned:
+:data:`MIGRATIONS` (SQLite) and ``POSTGRES_MIGRATIONS`` (the same tables in PostgreSQL's
+types) are append-only lists, and :meth:`Store.migrate` applies those the database has not
+seen yet, on every start.
 
-The ``jobs`` table is the local queue: a worker claims the oldest ``queued`` job in one
-``UPDATE ... RETURNING`` statement, so two workers never take the same job.
+The ``jobs`` table is the queue's truth: a worker claims a queued job with a lease
+(:meth:`Store.claim_job`; :mod:`liverseg.web.lease`), so two workers never take the same
+job, and a broker (:mod:`liverseg.web.queue_rq`) only carries the news that one is queued.
 """
 
 from __future__ import annotations
@@ -16,12 +21,11 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import sqlite3
-import threading
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from liverseg.web.db import Database, SQLiteDatabase
 
 __all__ = ["Store", "User", "Study", "Job", "MIGRATIONS", "JOB_STATES", "DEFAULT_LEASE_S", "hash_token"]
 
@@ -107,6 +111,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN dispatched_at REAL;
     ALTER TABLE results ADD COLUMN job_id INTEGER;
     """,
+    # 4: facts about the database itself (its random id: which data folder belongs to it)
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 
 
@@ -187,7 +195,7 @@ _STUDY_SELECT = """
 """
 
 
-def _study(row: sqlite3.Row) -> Study:
+def _study(row: Any) -> Study:
     job = None
     if row["j_id"] is not None:
         job = Job(
@@ -204,7 +212,7 @@ def _study(row: sqlite3.Row) -> Study:
     )
 
 
-def _user(row: sqlite3.Row | None) -> User | None:
+def _user(row: Any) -> User | None:
     if row is None:
         return None
     return User(
@@ -213,78 +221,83 @@ def _user(row: sqlite3.Row | None) -> User | None:
     )
 
 
-def _job(row: sqlite3.Row | None) -> Job | None:
-    return None if row is None else Job(**{k: row[k] for k in row.keys()})
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
+
+
+def _job(row: Any) -> Job | None:
+    return None if row is None else Job(**{k: row[k] for k in row.keys() if k in _JOB_FIELDS})
 
 
 class Store:
     """All persistent state of the web app except the files.
 
     Args:
-        path: the SQLite file; its folder is created when missing.
+        path: a SQLite file (the default backend); its folder is created when missing.
+        database: instead of ``path``, a :class:`~liverseg.web.db.Database` (SQLite or
+            PostgreSQL, :func:`liverseg.web.db.open_database`).
+
+    The schema is created or migrated on construction.
 
     >>> store = Store(path=Path(tmp) / "liverseg.sqlite3")  # doctest: +SKIP
+    >>> store = Store(database=open_database("postgresql://liverseg@db/liverseg"))  # doctest: +SKIP
     >>> store.add_user(name="ada", password_hash="...", is_admin=True).name  # doctest: +SKIP
     'ada'
     """
 
-    def __init__(self, *, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+    def __init__(self, *, path: str | Path | None = None, database: Database | None = None) -> None:
+        if (path is None) == (database is None):
+            raise ValueError("give the store either path= (a SQLite file) or database=, not both or neither")
+        self.db: Database = database if database is not None else SQLiteDatabase(path=path)  # type: ignore[arg-type]
+        #: the SQLite file, or None for another database
+        self.path: Path | None = getattr(self.db, "path", None)
         self.migrate()
 
     # -- plumbing -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> contextlib.AbstractContextManager[Any]:
+        return self.db.connect()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[Any]:
+        return self.db.transaction()
 
     @property
     def schema_version(self) -> int:
-        with self._connect() as conn:
-            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        return self.db.schema_version()
+
+    @property
+    def migrations(self) -> list[str]:
+        """This store's migrations in its database's dialect."""
+        if self.db.dialect == "postgresql":
+            from liverseg.web.db_postgres import POSTGRES_MIGRATIONS
+
+            return POSTGRES_MIGRATIONS
+        return MIGRATIONS
 
     def migrate(self) -> int:
-        """Apply the migrations this file has not seen; return the schema version."""
-        with self._lock, self._connect() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this liverseg ({len(MIGRATIONS)}); "
-                    "upgrade liverseg"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-            return len(MIGRATIONS)
+        """Apply the migrations this database has not seen; return the schema version."""
+        return self.db.migrate(self.migrations)
+
+    def close(self) -> None:
+        """Let go of the database's pooled connections (PostgreSQL)."""
+        self.db.close()
+
+    def instance_id(self) -> str:
+        """This database's random id, made on first use (:func:`liverseg.web.lock.check_database_of`)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'" + self.db.for_update).fetchone()
+            if row is not None:
+                return str(row[0])
+            value = uuid.uuid4().hex
+            conn.execute("INSERT INTO meta (key, value) VALUES ('instance_id', ?) ON CONFLICT (key) DO NOTHING",
+                         (value,))
+            return str(conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0])
 
     # -- users and tokens ---------------------------------------------------------------
     def add_user(self, *, name: str, password_hash: str, is_admin: bool = False) -> User:
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
+            return _user(conn.execute(  # type: ignore[return-value]
+                "INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?) RETURNING *",
                 (name, password_hash, int(is_admin), _now()),
-            )
-            return _user(conn.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone())  # type: ignore[return-value]
+            ).fetchone())
 
     def user_by_name(self, name: str) -> User | None:
         with self._connect() as conn:
@@ -424,12 +437,14 @@ class Store:
         args: list[Any] = [user_id]
         if search:
             like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            like_ = f"{self.db.like} ? ESCAPE '\\'"
             sql += (
-                " AND (s.note LIKE ? ESCAPE '\\' OR s.input_name LIKE ? ESCAPE '\\' OR s.id LIKE ? ESCAPE '\\'"
-                " OR j.status LIKE ? ESCAPE '\\' OR s.created_at LIKE ? ESCAPE '\\')"
+                f" AND (s.note {like_} OR s.input_name {like_} OR s.id {like_} OR j.status {like_}"
+                f" OR s.created_at {like_})"
             )
             args += [like] * 5
-        sql += " ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?"
+        # ties (same second) in upload order: a study's first job id grows with its insertion
+        sql += " ORDER BY s.created_at DESC, (SELECT min(id) FROM jobs WHERE study_id = s.id) DESC LIMIT ?"
         args.append(limit)
         with self._connect() as conn:
             return [_study(r) for r in conn.execute(sql, args)]
@@ -446,11 +461,10 @@ class Store:
         """A new queued job for the study (the retry button); its old result is dropped."""
         with self._tx() as conn:
             conn.execute("DELETE FROM results WHERE study_id = ?", (study_id,))
-            cur = conn.execute(
-                "INSERT INTO jobs (study_id, status, stage, created_at) VALUES (?, 'queued', 'queued', ?)",
+            return _job(conn.execute(  # type: ignore[return-value]
+                "INSERT INTO jobs (study_id, status, stage, created_at) VALUES (?, 'queued', 'queued', ?) RETURNING *",
                 (study_id, _now()),
-            )
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone())  # type: ignore[return-value]
+            ).fetchone())
 
     def claim_job(
         self, *, worker: str | None = None, lease_s: float = DEFAULT_LEASE_S, job_id: int | None = None
@@ -463,19 +477,22 @@ class Store:
         The returned job's ``lease_token`` is needed to renew the lease and publish the result.
         """
         token = uuid.uuid4().hex
-        now = time.time()
         with self._tx() as conn:
             if job_id is None:
-                target = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+                target = conn.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1" + self.db.skip_locked
+                ).fetchone()
             else:
-                target = conn.execute("SELECT id FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)).fetchone()
+                target = conn.execute(
+                    "SELECT id FROM jobs WHERE id = ? AND status = 'queued'" + self.db.skip_locked, (job_id,)
+                ).fetchone()
             if target is None:
                 return None
             row = conn.execute(
                 "UPDATE jobs SET status = 'running', stage = 'starting', progress = 0, attempts = attempts + 1,"
-                " started_at = ?, error = NULL, worker = ?, lease_token = ?, lease_expires_at = ?"
+                f" started_at = ?, error = NULL, worker = ?, lease_token = ?, lease_expires_at = {self.db.now} + ?"
                 " WHERE id = ? AND status = 'queued' RETURNING *",
-                (_now(), worker or "", token, now + float(lease_s), target[0]),
+                (_now(), worker or "", token, float(lease_s), target[0]),
             ).fetchone()
             return _job(row)
 
@@ -483,8 +500,9 @@ class Store:
         """Renew a lease for ``lease_s`` more seconds; False when the lease is no longer the caller's."""
         with self._tx() as conn:
             return conn.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
-                (time.time() + float(lease_s), job_id, token),
+                f"UPDATE jobs SET lease_expires_at = {self.db.now} + ? WHERE id = ? AND status = 'running'"
+                " AND lease_token = ?",
+                (float(lease_s), job_id, token),
             ).rowcount == 1
 
     def set_progress(self, job_id: int, *, stage: str, progress: float, token: str | None = None) -> None:
@@ -515,7 +533,9 @@ class Store:
         the transaction back. Returns False (nothing done) when the lease was lost.
         """
         with self._tx() as conn:
-            row = conn.execute("SELECT study_id, status, lease_token FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT study_id, status, lease_token FROM jobs WHERE id = ?" + self.db.for_update, (job_id,)
+            ).fetchone()
             if row is None or (token is not None and (row["status"] != "running" or row["lease_token"] != token)):
                 return False
             if publish is not None:
@@ -566,17 +586,21 @@ class Store:
         is never touched, whoever started the server. Returns ``(requeued, failed)`` jobs as
         they were before the change.
         """
-        now = time.time()
         requeued: list[Job] = []
         failed: list[Job] = []
-        for job in self.running_jobs():
-            expired = job.lease_expires_at is None or job.lease_expires_at <= now
-            if not expired and not (is_dead is not None and job.worker and is_dead(job.worker)):
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT *, CASE WHEN lease_expires_at IS NULL OR lease_expires_at <= "
+                f"{self.db.now} THEN 1 ELSE 0 END AS expired FROM jobs WHERE status = 'running' ORDER BY id"
+            ).fetchall()
+        for row in rows:
+            job = _job(row)
+            assert job is not None
+            if not row["expired"] and not (is_dead is not None and job.worker and is_dead(job.worker)):
                 continue
             give_up = job.attempts >= max_attempts
             with self._tx() as conn:
-                same = ("WHERE id = ? AND status = 'running' AND"
-                        " (lease_token = ? OR (lease_token IS NULL AND ? IS NULL))")
+                same = f"WHERE id = ? AND status = 'running' AND lease_token {self.db.same} ?"
                 if give_up:
                     n = conn.execute(
                         "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error = ?,"
@@ -586,7 +610,7 @@ class Store:
                             f"the worker running this job stopped {max_attempts} times (killed, out of memory, or "
                             "its machine lost); the scan may need more memory than the workers have. Press Retry to "
                             "try again",
-                            job.id, job.lease_token, job.lease_token,
+                            job.id, job.lease_token,
                         ),
                     ).rowcount
                 else:
@@ -594,7 +618,7 @@ class Store:
                         "UPDATE jobs SET status = 'queued', stage = 'requeued: its worker stopped (crash or restart)',"
                         " progress = 0, lease_token = NULL, lease_expires_at = NULL, dispatch_id = NULL,"
                         " dispatched_at = NULL " + same,
-                        (job.id, job.lease_token, job.lease_token),
+                        (job.id, job.lease_token),
                     ).rowcount
             if n:
                 (failed if give_up else requeued).append(job)
@@ -614,8 +638,8 @@ class Store:
         sql = "SELECT * FROM jobs WHERE status = 'queued' AND (dispatch_id IS NULL"
         args: list[Any] = []
         if stale_s is not None:
-            sql += " OR dispatched_at < ?"
-            args.append(time.time() - float(stale_s))
+            sql += f" OR dispatched_at < {self.db.now} - ?"
+            args.append(float(stale_s))
         sql += ") ORDER BY id LIMIT ?"
         args.append(int(limit))
         with self._connect() as conn:
@@ -629,9 +653,9 @@ class Store:
         """
         with self._tx() as conn:
             return conn.execute(
-                "UPDATE jobs SET dispatch_id = ?, dispatched_at = ? WHERE id = ? AND status = 'queued' AND"
-                " (dispatch_id = ? OR (dispatch_id IS NULL AND ? IS NULL))",
-                (dispatch_id, time.time(), job_id, previous, previous),
+                f"UPDATE jobs SET dispatch_id = ?, dispatched_at = {self.db.now} WHERE id = ? AND status = 'queued'"
+                f" AND dispatch_id {self.db.same} ?",
+                (dispatch_id, job_id, previous),
             ).rowcount == 1
 
     def job(self, job_id: int) -> Job | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import highdicom as hd
@@ -101,3 +102,27 @@ def test_series_with_empty_sop_class_uid_in_the_dataset(shared_data, tmp_path):
     referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {str(ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID) for ds in sources}
     assert not str(sources[0].get("SOPClassUID", ""))  # the caller's datasets are not changed
+
+
+def test_frames_follow_world_coordinates_whatever_the_mask_grids_axis_order(tmp_path):
+    """The same labels on grids with flipped or swapped in-plane axes (and reversed slices) give the same frames."""
+    ct, lab = phantom(shape=(6, 64, 72), spacing=(2.5, 1.5, 1.2), lesions=((3.0, None),), noise_hu=0)
+    write_dicom_series(ct, tmp_path / "dcm")
+    vol, datasets = read_dicom_series(tmp_path / "dcm")
+    labels = vol.with_array(lab.array, is_hu=False)
+    expected = frames_for_sources(labels, datasets)
+    assert np.array_equal(expected, lab.array)  # identity grid: frame k is slice k
+    d, o, (sz, sy, sx) = np.asarray(vol.direction), np.asarray(vol.origin), vol.spacing
+    nz, ny, nx = lab.shape
+    variants = {
+        "x flipped": (lab.array[:, :, ::-1], o + d[:, 0] * sx * (nx - 1), d * [-1, 1, 1], vol.spacing),
+        "y flipped": (lab.array[:, ::-1, :], o + d[:, 1] * sy * (ny - 1), d * [1, -1, 1], vol.spacing),
+        "z reversed": (lab.array[::-1], o + d[:, 2] * sz * (nz - 1), d * [1, 1, -1], vol.spacing),
+        "x and y swapped": (lab.array.transpose(0, 2, 1), o, d[:, [1, 0, 2]], (sz, sx, sy)),
+        "swapped and flipped": (lab.array.transpose(0, 2, 1)[:, ::-1], o + d[:, 0] * sx * (nx - 1),
+                                d[:, [1, 0, 2]] * [1, -1, 1], (sz, sx, sy)),
+    }
+    for name, (arr, origin, direction, spacing) in variants.items():
+        other = dataclasses.replace(labels, array=np.ascontiguousarray(arr), origin=tuple(origin), direction=direction,
+                                    spacing=spacing)
+        np.testing.assert_array_equal(frames_for_sources(other, datasets), expected, err_msg=name)

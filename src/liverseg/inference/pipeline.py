@@ -152,11 +152,14 @@ def _write_probabilities(path: Path, ct: Volume, probabilities: np.ndarray) -> P
     return path
 
 
-def _write_dicom_seg(path: Path, input_path: Path, ct: Volume, labels: Volume, run_info: dict[str, Any]) -> Path:
+def _write_dicom_seg(path: Path, input_path: Path, ct: Volume, labels: Volume, run_info: dict[str, Any],
+                     sources: list[Any] | None = None) -> Path:
+    """seg.dcm; ``sources``: the series' headers as the reader kept them (else they are read again)."""
     from liverseg.io import load_source_datasets
-    from liverseg.reporting import write_dicom_seg
+    from liverseg.reporting.dicom_seg import write_dicom_seg
 
-    sources = load_source_datasets(input_path, series_uid=ct.metadata.get("series_uid"))
+    if not sources:
+        sources = load_source_datasets(input_path, series_uid=ct.metadata.get("series_uid"))
     return write_dicom_seg(labels, sources, path, run_info=run_info)
 
 
@@ -194,7 +197,7 @@ def run_case(
         ModelError: the model bundle is missing or damaged.
     """
     from liverseg.analysis import analyze
-    from liverseg.io import read_volume, write_mask
+    from liverseg.io import read_volume_with_sources, write_mask
     from liverseg.reporting import write_report_files
 
     src = Path(input_path)
@@ -208,7 +211,7 @@ def run_case(
 
     report("read", 0.0)
     t0 = time.perf_counter()
-    ct = read_volume(src)
+    ct, dicom_headers = read_volume_with_sources(src)  # DICOM: the headers the SEG references, read once
     if pixel_size_mm is not None:
         ct = with_pixel_size(ct, pixel_size_mm)
     timings["read"] = time.perf_counter() - t0
@@ -247,7 +250,7 @@ def run_case(
         run_info = _run_info(src, ct, prediction, predictor, timings, note)
         if str(ct.metadata.get("format", "")).startswith("dicom"):
             try:
-                _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info)
+                _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info, dicom_headers)
                 files["dicom_seg"] = "seg.dcm"
             except (InputError, ValueError) as exc:  # the series' geometry (tilt, gaps): every other output stands
                 (tmp / "seg.dcm").unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from liverseg.io.read import (
     peek_header,
     read_dicom_series,
     read_volume,
+    read_volume_with_sources,
 )
 from liverseg.io.volume import Volume
 from liverseg.io.write import write_mask, write_volume
@@ -33,6 +34,7 @@ __all__ = [
     "peek_header",
     "read_dicom_series",
     "read_volume",
+    "read_volume_with_sources",
     "sniff_format",
     "write_mask",
     "write_volume",

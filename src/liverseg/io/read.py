@@ -24,6 +24,7 @@ __all__ = [
     "HeaderSummary",
     "peek_header",
     "read_volume",
+    "read_volume_with_sources",
     "read_dicom_series",
     "load_source_datasets",
     "list_series",
@@ -137,8 +138,30 @@ def read_volume(
     >>> ct.shape, ct.spacing  # doctest: +SKIP
     ((119, 512, 512), (1.6, 0.743, 0.743))
     """
-    path = Path(path)
+    return _read_any(Path(path), series_uid=series_uid, force=force, limits=limits, keep_datasets=False)[0]
+
+
+def read_volume_with_sources(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    force: bool = False,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> tuple[Volume, list[Any]]:
+    """:func:`read_volume`, and for DICOM input the series' headers too (pixel data removed, in z order).
+
+    The headers are what a DICOM SEG needs as source images; taking them from this one read
+    saves reading the series' files a second time (:func:`load_source_datasets`). For any
+    other input the list is empty.
+    """
+    return _read_any(Path(path), series_uid=series_uid, force=force, limits=limits, keep_datasets=True)
+
+
+def _read_any(
+    path: Path, *, series_uid: str | None, force: bool, limits: ArchiveLimits, keep_datasets: bool
+) -> tuple[Volume, list[Any]]:
     fmt = sniff_format(path)
+    datasets: list[Any] = []
     if fmt in ("nifti", "nifti-gz"):
         vol = read_nifti(path)
     elif fmt in ("metaimage", "nrrd"):
@@ -147,12 +170,13 @@ def read_volume(
         vol = read_raster(path, fmt=fmt)
     else:  # dicom, folder, zip
         with _damaged_dicom_is_corrupt(path):
-            vol, _ = _read_dicom(path, fmt, series_uid=series_uid, force=force, keep_datasets=False, limits=limits)
+            vol, datasets = _read_dicom(path, fmt, series_uid=series_uid, force=force, keep_datasets=keep_datasets,
+                                        limits=limits)
     vol.metadata.setdefault("warnings", [])
     vol.metadata["source"] = path.name
     for w in vol.metadata["warnings"]:
         log.warning("%s: %s", path.name, w)
-    return vol
+    return vol, list(datasets or [])
 
 
 @dataclasses.dataclass(frozen=True)

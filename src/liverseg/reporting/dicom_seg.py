@@ -159,18 +159,27 @@ def frames_for_sources(labels: Volume, datasets: Sequence[Any]) -> np.ndarray:
         start = np.rint(idx0).astype(int)
         along_c = start[ax_c] + int(np.rint(step_c[ax_c])) * np.arange(cols)
         along_r = start[ax_r] + int(np.rint(step_r[ax_r])) * np.arange(rows)
-        ijk: list[Any] = [start[0], start[1], start[2]]  # i (x), j (y), k (z)
-        ijk[ax_c] = along_c[None, :]
-        ijk[ax_r] = along_r[:, None]
-        i, j, k = (np.broadcast_to(v, (rows, cols)) for v in ijk)
-        inside = (0 <= i) & (i < lab.shape[2]) & (0 <= j) & (j < lab.shape[1]) & (0 <= k) & (k < lab.shape[0])
-        if ax_c == ax_r or not inside.all():
+        sizes = (lab.shape[2], lab.shape[1], lab.shape[0])  # along i (x), j (y), k (z)
+        fixed = 3 - ax_c - ax_r
+        inside = ax_c != ax_r and 0 <= start[fixed] < sizes[fixed]
+        for along, ax in ((along_c, ax_c), (along_r, ax_r)):
+            inside = inside and 0 <= min(along[0], along[-1]) and max(along[0], along[-1]) < sizes[ax]
+        if not inside:
             raise SeriesError(
                 f"source image {getattr(ds, 'SOPInstanceUID', '?')} ({rows}x{cols}) reaches outside the mask's grid "
                 f"{lab.shape} (z, y, x): pass the DICOM series the mask was predicted on"
             )
-        frames.append(lab[k, j, i])
-    return np.stack(frames).astype(np.uint8)
+        # each image axis steps by ±1 along one index axis: a strided view of the mask, no gather
+        ijk: list[Any] = [int(start[0]), int(start[1]), int(start[2])]  # i (x), j (y), k (z)
+        for along, ax in ((along_c, ax_c), (along_r, ax_r)):
+            step = int(along[1] - along[0]) if len(along) > 1 else 1
+            stop = int(along[-1]) + step
+            ijk[ax] = slice(int(along[0]), stop if stop >= 0 else None, step)
+        frame = lab[ijk[2], ijk[1], ijk[0]]  # two slices and one index: a (rows or cols, ...) view
+        if ax_r < ax_c:  # the view's axes keep the mask's order (k, j, i): rows first only when ax_r > ax_c
+            frame = frame.T
+        frames.append(frame)
+    return np.stack(frames).astype(np.uint8, copy=False)
 
 
 def _segment_descriptions(model_name: str, model_version: str, sha256: str | None) -> list[Any]:
@@ -262,7 +271,9 @@ def write_dicom_seg(
     if len(uids) != 1:
         raise SeriesError(f"the source images belong to {len(uids)} series; pass the one series the mask was made on")
     frames = frames_for_sources(labels, datasets)
-    pixel = np.stack([np.isin(frames, SEGMENTS[n][1]) for n in sorted(SEGMENTS)], axis=-1)  # (frames, rows, cols, segs)
+    pixel = np.empty((*frames.shape, len(SEGMENTS)), np.uint8)  # (frames, rows, cols, segs)
+    for n, (_, values) in sorted(SEGMENTS.items()):
+        pixel[..., n - 1] = frames >= 1 if values == (1, 2) else np.isin(frames, values)
     if not pixel.any():
         # highdicom cannot write a SEG without any frame; an empty mask still deserves a file
         log.warning("the mask is empty: the DICOM SEG holds one empty frame")
@@ -293,7 +304,7 @@ def _build(
 ) -> Any:
     return hd.seg.Segmentation(
         source_images=datasets,
-        pixel_array=pixel.astype(np.uint8),
+        pixel_array=pixel,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(model_name, model_version, sha256),
         series_instance_uid=hd.UID(),

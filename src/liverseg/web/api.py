@@ -103,7 +103,7 @@ def openapi_spec() -> dict[str, Any]:
         return {**err, "description": text}
 
     study_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "liverseg API",
@@ -214,3 +214,7 @@ def openapi_spec() -> dict[str, Any]:
                                           "responses": {"200": {"description": ""}}}},
         },
     }
+    from liverseg.web.compare import openapi_paths  # the follow-up comparisons document their own routes
+
+    spec["paths"].update(openapi_paths())
+    return spec

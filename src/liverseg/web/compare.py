@@ -403,6 +403,51 @@ def api_file(cid: str, name: str) -> Any:
     return _send(_own_comparison(cid), name, as_attachment=True)
 
 
+def openapi_paths() -> dict[str, Any]:
+    """The OpenAPI 3 entries of ``/api/comparisons`` (merged into ``/api/openapi.json``)."""
+    err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+    def e(text: str) -> dict[str, Any]:
+        return {**err, "description": text}
+
+    cid = {"name": "cid", "in": "path", "required": True, "schema": {"type": "string"}}
+    comparison = {"type": "object", "properties": {
+        "id": {"type": "string"}, "baseline": {"type": "string"}, "followup": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "refused", "failed"]},
+        "error": {"type": "string", "nullable": True, "description": "why it was refused or failed"},
+        "code": {"type": "string", "nullable": True, "description": "refusal code: different_patient, "
+                 "spacing_unknown, single_slice, different_body_region, no_overlap"},
+        "response": {"type": "string", "nullable": True, "enum": ["CR", "PR", "SD", "PD", "non-CR/non-PD", "NED", None]},
+        "counts": {"type": "object", "nullable": True, "description": "lesion changes by kind"},
+        "files": {"type": "array", "items": {"type": "string", "enum": list(COMPARISON_FILES)}},
+        "result": {"type": "object", "nullable": True, "description": "comparison.json (GET, status done)"},
+    }}
+    return {
+        "/api/comparisons": {"post": {
+            "summary": "Compare two of the caller's finished studies (the follow-up registered onto the baseline)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["baseline", "followup"],
+                "properties": {"baseline": {"type": "string"}, "followup": {"type": "string"}}}}}},
+            "responses": {"202": {"description": "queued; Location: /api/comparisons/{cid}",
+                                  "content": {"application/json": {"schema": comparison}}},
+                          "400": e("not two different study ids"), "401": e("no or unknown token"),
+                          "404": e("no such study for this user"), "409": e("a study is not finished")},
+        }},
+        "/api/comparisons/{cid}": {"get": {
+            "summary": "Status, and the result (comparison.json) when done", "parameters": [cid],
+            "responses": {"200": {"description": "", "content": {"application/json": {"schema": comparison}}},
+                          "401": e("no or unknown token"), "404": e("no such comparison for this user")},
+        }},
+        "/api/comparisons/{cid}/files/{name}": {"get": {
+            "summary": "Download one file of a finished comparison",
+            "parameters": [cid, {"name": "name", "in": "path", "required": True,
+                                 "schema": {"type": "string", "enum": list(COMPARISON_FILES)}}],
+            "responses": {"200": {"description": "the file"}, "401": e("no or unknown token"),
+                          "404": e("no such comparison, not done, or no such file")},
+        }},
+    }
+
+
 def delete_comparisons_of(data_dir: Path, study_id: str) -> int:
     """Remove the comparisons that use ``study_id`` (call when a study is deleted); returns how many."""
     root = Path(data_dir) / COMPARISONS_DIR

@@ -128,6 +128,20 @@ def test_nearby_lesions_that_do_not_overlap_match_by_centroid_distance(baseline)
     assert r.kinds() == {"matched": 1, "new": 1, "disappeared": 1} and r.response == "PD"
 
 
+def test_the_ct_fixes_an_axial_rotation_the_liver_mask_alone_does_not():
+    """Why the rigid step reads the liver-masked CT: the phantom's liver is nearly round in the axial
+    plane, so its mask alone fits a wrong rotation with an equally small surface residual."""
+    from liverseg.analysis.registration import register
+
+    ct, lab = scan(((12.0, A),))
+    ct2, lab2 = rigidly_moved(ct, lab, rotation_deg=(7, 0, 0), shift_mm=(0, 4, -4))
+    with_ct = register(ct, lab, ct2, lab2)
+    masks_only = register(None, lab, None, lab2)
+    assert abs(with_ct.rotation_deg - 7) < 1.0 and with_ct.used_ct
+    assert abs(masks_only.rotation_deg - 7) > 1.0 and not masks_only.used_ct  # measured 4.7 degrees
+    assert masks_only.liver_surface_mean_mm < 1.0  # ... while the surfaces fit: the residual cannot tell
+
+
 # --------------------------------------------------------------------------- refusals
 
 

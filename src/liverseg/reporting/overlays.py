@@ -327,16 +327,14 @@ def write_overlay_png(
     return path
 
 
-def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    """Downsample an RGB image (area average) so its longer side is at most ``max_side``."""
-    h, w = rgb.shape[:2]
-    if max(h, w) <= max_side:
-        return rgb
-    from PIL import Image
+def _font(size: int):
+    """Pillow's bundled scalable font at ``size`` pixels (its bitmap font where FreeType is missing)."""
+    from PIL import ImageFont
 
-    f = max_side / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
 
 
 def write_montage_png(
@@ -347,12 +345,18 @@ def write_montage_png(
     n_slices: int = 12,
     columns: int = 4,
     opacity: float = 0.35,
-    dpi: int = 90,
+    tile_px: int = 234,
 ) -> Path:
-    """montage.png: ``n_slices`` evenly spaced axial slices across the liver (or the scan)."""
-    if n_slices < 1 or columns < 1:
-        raise ValueError(f"n_slices and columns must be >= 1; got {n_slices}, {columns}")
-    plt = _mpl()
+    """montage.png: ``n_slices`` evenly spaced axial slices across the liver (or the scan).
+
+    A grid of ``columns`` tiles, each ``tile_px`` wide (its height from the pixel spacing),
+    titled "slice N" ("(tumor)" when the slice shows tumor), on black. Drawn with Pillow, not
+    matplotlib: the figure machinery took ~4 s for this picture on the 2-core CPU.
+    """
+    from PIL import Image, ImageDraw
+
+    if n_slices < 1 or columns < 1 or tile_px < 16:
+        raise ValueError(f"n_slices and columns must be >= 1 and tile_px >= 16; got {n_slices}, {columns}, {tile_px}")
     lab = np.asarray(labels.array)
     zs_liver = np.flatnonzero((lab >= 1).any(axis=(1, 2)))
     lo, hi = (int(zs_liver[0]), int(zs_liver[-1])) if zs_liver.size else (0, lab.shape[0] - 1)
@@ -362,17 +366,22 @@ def write_montage_png(
     tf = display_transform(ct.direction)
     pmm = _pixel_mm(ct, tf) or (1.0, 1.0)
     h, w = (ct.shape[2], ct.shape[1]) if tf[0] else (ct.shape[1], ct.shape[2])
-    aspect = (h * pmm[0]) / (w * pmm[1])
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows * aspect + 0.3), squeeze=False, facecolor="black")
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, z in zip(axes.ravel(), zs):
-        rgb = _shrink(render_slice_rgb(ct, labels, z, opacity=opacity), 320)
-        ax.imshow(rgb, extent=(0, w * pmm[1], h * pmm[0], 0), interpolation="nearest")
-        n_t = int((lab[z] == 2).sum())
-        ax.set_title(f"slice {z + 1}" + (" (tumor)" if n_t else ""), fontsize=8, color="white")
-    fig.tight_layout(pad=0.3)
+    tile_w = int(tile_px)
+    tile_h = max(1, int(round(tile_w * (h * pmm[0]) / (w * pmm[1]))))
+    pad, title_h = 4, 16
+    canvas = Image.new("RGB", (pad + cols * (tile_w + pad), pad + rows * (title_h + tile_h + pad)), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(11)
+    for n, z in enumerate(zs):
+        r, c = divmod(n, cols)
+        x0, y0 = pad + c * (tile_w + pad), pad + r * (title_h + tile_h + pad)
+        img = Image.fromarray(render_slice_rgb(ct, labels, z, opacity=opacity))
+        shrink = img.width > tile_w or img.height > tile_h
+        img = img.resize((tile_w, tile_h), Image.Resampling.BOX if shrink else Image.Resampling.NEAREST)
+        canvas.paste(img, (x0, y0 + title_h))
+        title = f"slice {z + 1}" + (" (tumor)" if (lab[z] == 2).any() else "")
+        tw = draw.textlength(title, font=font)
+        draw.text((x0 + (tile_w - tw) / 2, y0 + 1), title, fill=(255, 255, 255), font=font)
     path = Path(path)
-    fig.savefig(path, dpi=dpi, facecolor="black")
-    plt.close(fig)
+    canvas.save(path, format="PNG", compress_level=6)
     return path

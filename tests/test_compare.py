@@ -271,3 +271,37 @@ def test_real_case_against_a_moved_resampled_copy_with_one_lesion_erased(shared_
     assert 3.0 < r.registration.rotation_deg < 6.0
     assert r.registration.liver_surface_mean_mm < 1.5 and r.registration.liver_dice_after > 0.97
     assert r.response == "PR"  # one of two targets gone: the sum falls by about half
+
+
+def test_patient_id_is_read_from_a_dicom_folder_or_zip_and_different_patients_are_refused(tmp_path):
+    import zipfile
+
+    import pydicom
+
+    from liverseg.analysis.compare import dicom_patient_id
+    from liverseg.testing import write_dicom_series
+
+    small = dict(shape=(24, 64, 64), spacing=(3.0, 1.5, 1.5), seed=1)
+    ct, lab = phantom(**small, lesions=((6.0, None),))
+    folders = {}
+    for name, pid in (("a", "PAT-A"), ("b", "PAT-B")):
+        folders[name] = tmp_path / name
+        for p in write_dicom_series(ct, folders[name]):
+            ds = pydicom.dcmread(p)
+            ds.PatientID = pid
+            ds.save_as(p)
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as zf:
+        for p in sorted(folders["b"].iterdir()):
+            zf.write(p, f"series/{p.name}")
+    assert dicom_patient_id(folders["a"]) == "PAT-A"
+    assert dicom_patient_id(tmp_path / "b.zip") == "PAT-B"
+    assert dicom_patient_id(tmp_path / "nothing-here") is None
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    assert dicom_patient_id(tmp_path / "ct.nii.gz") is None
+    write_mask(ct, lab, tmp_path / "mask.nii.gz")
+    a = load_scan(tmp_path / "mask.nii.gz", ct=folders["a"])
+    b = load_scan(tmp_path / "mask.nii.gz", ct=tmp_path / "b.zip")
+    with pytest.raises(ComparisonRefused, match="different patients") as e:
+        compare(a, b)
+    assert e.value.code == "different_patient" and "PAT-" not in str(e.value)
+    assert compare(a, load_scan(tmp_path / "mask.nii.gz", ct=folders["a"])).patient_check.startswith("same PatientID")

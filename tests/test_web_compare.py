@@ -151,3 +151,61 @@ def test_a_scan_without_liver_is_refused_with_the_reason(env, tmp_path):
     assert "holds no liver" in doc["error"]
     html = c.get(f"/comparisons/{doc['id']}").text
     assert "cannot be compared" in html and "holds no liver" in html
+
+
+def _dicom_zip(tmp_path, ct, name, patient_id):
+    """``ct`` as a zipped DICOM series whose headers name ``patient_id``."""
+    import zipfile
+
+    import pydicom
+
+    from liverseg.testing import write_dicom_series
+
+    folder = tmp_path / name
+    for p in write_dicom_series(ct, folder):
+        ds = pydicom.dcmread(p)
+        ds.PatientID = patient_id
+        ds.save_as(p)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.iterdir()):
+            zf.write(p, f"{name}/{p.name}")
+    return buf.getvalue()
+
+
+def finished_dicom_study(app, client, tmp_path, ct, lab, name, patient_id):
+    data = _dicom_zip(tmp_path, ct, name, patient_id)
+    sid = upload(client, [(io.BytesIO(data), f"{name}.zip")]).get_json()["id"]
+    c = app.extensions["liverseg"]
+    job = c.store.claim_job()
+    out = output_dir(c.data_dir, sid)
+    out.mkdir(parents=True)
+    write_mask(ct, lab, out / "mask.nii.gz")
+    write_report_files(out, ct=ct, labels=lab, analysis=analyze(lab, ct), run_info={"case": name})
+    report = json.loads((out / "report.json").read_text())
+    c.store.finish_job(job.id, report=report, summary=summarize_report(report))
+    time.sleep(1.1)
+    return sid
+
+
+@pytest.mark.slow  # about 18 s: three DICOM uploads with their reports
+def test_the_picker_keeps_to_the_patient_the_dicom_names(env, tmp_path):
+    app, tokens = env
+    c = app.test_client()
+    login(c)
+    small = dict(shape=(24, 64, 64), spacing=(3.0, 1.5, 1.5), seed=1)
+    ct, lab = phantom(**small, lesions=((6.0, None),))
+    mine = finished_dicom_study(app, c, tmp_path, ct, lab, "earlier", "PAT-A")
+    other = finished_dicom_study(app, c, tmp_path, ct, lab, "someone", "PAT-B")
+    follow = finished_dicom_study(app, c, tmp_path, ct, lab, "later", "PAT-A")
+    page = c.get(f"/studies/{follow}/compare").text
+    assert f'value="{mine}"' in page and f'value="{other}"' not in page
+    assert "same PatientID" in page and "1 earlier study belongs to another patient" in page
+    assert "PAT-A" not in page and "PAT-B" not in page  # the IDs themselves are never shown
+    # the API refuses the pair the picker hid, with the reason
+    h = {"Authorization": f"Bearer {tokens['ada']}"}
+    r = c.post("/api/comparisons", json={"baseline": other, "followup": follow}, headers=h)
+    wait(app)
+    doc = c.get(r.headers["Location"], headers=h).get_json()
+    assert doc["status"] == "refused" and doc["code"] == "different_patient"
+    assert "PAT-" not in json.dumps(doc)

@@ -87,3 +87,66 @@ def test_helpers():
     ring[0, 1:4, 1:4] = True
     ring[0, 2, 2] = False
     assert fill_holes(ring)[0, 2, 2]
+
+
+def _reference_postprocess(labels, spacing, *, min_tumor_volume_mm3=10.0, min_liver_contact=0.2):
+    """The rules computed the straightforward way: whole arrays, scipy's binary_fill_holes, no boxes."""
+    from scipy import ndimage
+
+    full = np.ones((3, 3, 3), bool)
+
+    def biggest(mask):
+        lab, n = ndimage.label(mask, structure=full)
+        if n <= 1:
+            return mask.copy()
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        return lab == np.argmax(sizes)
+
+    def holes_filled(mask):
+        out = ndimage.binary_fill_holes(mask)
+        for z in range(mask.shape[0]):
+            out[z] |= ndimage.binary_fill_holes(mask[z])
+        return out
+
+    fg = biggest(labels > 0)
+    liver, tumor = fg & (labels == 1), fg & (labels == 2)
+    comp, n = ndimage.label(tumor, structure=full)
+    for k in range(1, n + 1):
+        m = comp == k
+        shell = ndimage.binary_dilation(m) & ~m
+        if liver[shell].mean() < min_liver_contact:
+            tumor &= ~m
+    liver_all, tumor = holes_filled(liver | tumor), holes_filled(tumor)
+    comp, n = ndimage.label(tumor, structure=full)
+    for k in range(1, n + 1):
+        if (comp == k).sum() * np.prod(spacing) < min_tumor_volume_mm3:
+            tumor &= comp != k
+    liver_all = biggest(liver_all)
+    out = np.zeros(labels.shape, np.uint8)
+    out[liver_all] = 1
+    out[tumor & liver_all] = 2
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_a_whole_array_reference_on_random_masks(seed):
+    """Boxes, shortcuts and hole filling by background labelling give what the rules say, on masks
+    with specks, holes, tumors inside, at and outside the liver, reaching the array's faces."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(18, 40, 44)), 2.0)
+    labels = np.zeros(field.shape, np.uint8)
+    labels[field > np.quantile(field, 0.55)] = 1
+    labels[field > np.quantile(field, 0.85)] = 2
+    labels[rng.random(field.shape) < 0.02] = 0  # pepper: holes and cut-offs
+    if seed < 3:
+        labels[rng.random(field.shape) < 0.005] = 2  # tumor specks anywhere (some hang outside the liver)
+    else:
+        labels[(labels == 2) & ~ndimage.binary_erosion(labels > 0, iterations=2)] = 1  # tumors well inside
+    if seed % 2:
+        labels[:, :, :3] = labels[:, :, 3:6]  # structures on the array's faces
+    spacing = (2.0, 0.8, 0.8)
+    got = postprocess_labels(labels, spacing=spacing, min_tumor_volume_mm3=4.0).labels
+    np.testing.assert_array_equal(got, _reference_postprocess(labels, spacing, min_tumor_volume_mm3=4.0))

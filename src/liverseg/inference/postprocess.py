@@ -102,10 +102,15 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, bool)
     if not mask.any():
         return mask.copy()
-    background = ~mask
+    # every hole lies inside the mask's bounding box; one voxel of margin keeps the box's faces
+    # outside the mask, so the background components touching them are those open to the border
+    box = _bbox(mask, (1,) * mask.ndim)
+    background = ~mask[box]
     holes = _enclosed(background, ndimage.generate_binary_structure(3, 1), (0, 1, 2))
     holes |= _enclosed(background, _IN_PLANE, (1, 2))
-    return mask | holes
+    out = mask.copy()
+    out[box] |= holes
+    return out
 
 
 def _ball(radius_mm: float, spacing: Sequence[float] | None, ndim_z: int) -> np.ndarray:
@@ -195,13 +200,17 @@ def postprocess_labels(
     tumor = fg & (lab == 2)
     outside = np.zeros(tumor.shape, bool)
     if tumor.any() and liver.any():
-        comp, n = ndimage.label(tumor, structure=_FULL_3D)
+        # tumor components are labelled inside the tumor's box grown by one voxel, which holds
+        # every component's one-voxel shell
+        tbox = _bbox(tumor, (1, 1, 1))
+        comp, n = ndimage.label(tumor[tbox], structure=_FULL_3D)
+        lv, out_t = liver[tbox], outside[tbox]
         for k, sl in enumerate(ndimage.find_objects(comp), start=1):
             grow = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in sl)
             m = comp[grow] == k
             shell = ndimage.binary_dilation(m) & ~m
-            if liver[grow][shell].mean() < min_liver_contact:
-                outside[grow] |= m
+            if lv[grow][shell].mean() < min_liver_contact:
+                out_t[grow] |= m
     result.removed_tumor_outside_liver_voxels = int(outside.sum())
     tumor &= ~outside
     liver_all = fill_holes(liver | tumor)
@@ -209,14 +218,18 @@ def postprocess_labels(
     result.filled_voxels = int(liver_all.sum() - (liver | tumor).sum() + (tumor_filled & ~tumor).sum())
     tumor = tumor_filled
     if spacing is not None and min_tumor_volume_mm3 > 0 and tumor.any():
-        comp, n = ndimage.label(tumor, structure=_FULL_3D)
+        tbox = _bbox(tumor, (0, 0, 0))
+        comp, n = ndimage.label(tumor[tbox], structure=_FULL_3D)
         sizes_mm3 = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing))
         small = np.flatnonzero(sizes_mm3 < min_tumor_volume_mm3)
         small = small[small > 0]
         if small.size:
-            tumor &= ~np.isin(comp, small)
+            tumor[tbox] &= ~np.isin(comp, small)
             result.dropped_tumor_components = int(small.size)
-    liver_all = largest_component(liver_all)
+    if result.removed_tumor_outside_liver_voxels:
+        # only removing tumor components can split the liver; filling holes and relabelling
+        # small tumors as liver keep the one component connected
+        liver_all = largest_component(liver_all)
     tumor &= liver_all
     sub = out[box]
     sub[liver_all] = 1

@@ -677,6 +677,7 @@ def recist_response(base: Analysis, fu: Analysis, changes: list[LesionChange]) -
                          "lesions, so only new lesions and complete disappearance decide the response.")
         rule("CR", "every baseline lesion has disappeared, none is new", f"{fu.tumor_count} lesion(s) on the follow-up",
              bool(base.lesions) and all_gone and not new)
+    notes.append("The rules are applied in order: PD (either rule) before CR, CR before PR, else SD.")
     notes.append("Targets: the baseline's RECIST target candidates (at most two measurable liver lesions, the largest "
                  "by longest axial diameter). The nadir is the baseline sum (only two scans are compared).")
     notes.append("Non-target progression ('unequivocal') is a reader's judgement and is not called automatically; "

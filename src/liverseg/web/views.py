@@ -188,6 +188,9 @@ def delete_study_files(study_id: str) -> None:
     c.cache.drop(study_id)
     c.store.delete_study(study_id)
     shutil.rmtree(study_dir(c.data_dir, study_id), ignore_errors=True)
+    from liverseg.web.compare import delete_comparisons_of  # what was derived from the study goes with it
+
+    delete_comparisons_of(c.data_dir, study_id)
 
 
 def available_files(study_id: str, version: int | None = None) -> list[str]:
@@ -577,6 +580,9 @@ def users() -> Any:
                 for sid in store.delete_user(target.id):
                     ctx().cache.drop(sid)
                     shutil.rmtree(study_dir(ctx().data_dir, sid), ignore_errors=True)
+                    from liverseg.web.compare import delete_comparisons_of
+
+                    delete_comparisons_of(ctx().data_dir, sid)
                 flash(f"User {target.name} and their studies were deleted.", "info")
         else:
             abort(400)

@@ -131,8 +131,11 @@ def test_compare_page_api_and_linked_slices(env, tmp_path):
     assert c.post("/api/comparisons", json={"baseline": b}, headers=h).status_code == 400
     assert c.post("/api/comparisons", json={"baseline": b, "followup": f}).status_code == 401
 
-    # deleting a study removes the comparisons made from it
+    # deleting a study removes the comparisons made from it, files included
+    folder = app.extensions["liverseg"].data_dir / "comparisons" / cid
+    assert (folder / "result" / "lesion_pairs.png").is_file()
     c.delete(f"/api/studies/{b}", headers=h)
+    assert not folder.exists()
     assert c.get(f"/comparisons/{cid}").status_code == 404
 
 

@@ -13,7 +13,8 @@ about half a minute on two busy cores, see the README), with its state in
 comparison.json, lesion_changes.csv, lesion_pairs.png, comparison.html, comparison.pdf) and
 the transform (``transform.tfm``) beside it, written all or nothing. Only the owner of both
 studies may compare them or see the result; anyone else gets 404, as for studies. Each study
-is compared as its newest mask version (corrections included).
+is compared as its newest mask version (corrections included). Deleting a study (or its user)
+deletes the comparisons made from it (:func:`delete_comparisons_of`, called by the views).
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ def _own_comparison(cid: str) -> dict[str, Any]:
         meta.update(status="failed", error="interrupted (the server restarted); start the comparison again",
                     code="interrupted")
         _write_meta(ctx().data_dir, cid, meta)
+        for leftover in comparison_dir(ctx().data_dir, cid).glob(".result.*"):  # a half-written result
+            shutil.rmtree(leftover, ignore_errors=True)
     return meta
 
 

@@ -305,3 +305,22 @@ def test_patient_id_is_read_from_a_dicom_folder_or_zip_and_different_patients_ar
         compare(a, b)
     assert e.value.code == "different_patient" and "PAT-" not in str(e.value)
     assert compare(a, load_scan(tmp_path / "mask.nii.gz", ct=folders["a"])).patient_check.startswith("same PatientID")
+
+
+def test_a_web_study_folder_finds_its_ct_and_the_reports_targets_are_kept(tmp_path, baseline):
+    ct, lab = baseline
+    for name in ("b", "f"):
+        (tmp_path / name / "input").mkdir(parents=True)
+        write_volume(ct, tmp_path / name / "input" / "scan.nii.gz")
+        _study_folder(tmp_path / name / "output", ct, lab)
+    # the study's report knows more than the mask (e.g. a low-confidence lesion is no target): it is kept
+    rep_path = tmp_path / "b" / "output" / "report.json"
+    rep = json.loads(rep_path.read_text())
+    assert [les["is_target_candidate"] for les in rep["analysis"]["lesions"]] == [True, False]
+    rep["analysis"]["lesions"][0]["is_target_candidate"] = False
+    rep_path.write_text(json.dumps(rep))
+    scan_b = load_scan(tmp_path / "b" / "output")
+    assert scan_b.ct is not None and scan_b.name == "b"
+    r = compare(scan_b, tmp_path / "f" / "output")
+    assert r.registration.used_ct
+    assert r.recist.targets == [] and r.response == "non-CR/non-PD"

@@ -88,9 +88,9 @@ def _complete_type2(datasets: Sequence[Any]) -> list[Any]:
             if meta is not None and not str(ds.get(k, "") or "") and str(meta.get(m, "") or "")
         }
         if missing or need_for or fill_uids:
-            new = pydicom.Dataset()  # a new element dict: the caller's dataset stays as it was
-            for elem in ds:
-                new.add(elem)
+            # a new element dict (the caller's dataset stays as it was); elements are shared, not
+            # converted: copying element by element took ~0.5 s for a 119-slice series
+            new = pydicom.Dataset(dict(ds.items()))
             if hasattr(ds, "file_meta"):
                 new.file_meta = ds.file_meta
             ds = new
@@ -278,9 +278,15 @@ def write_dicom_seg(
         # highdicom cannot write a SEG without any frame; an empty mask still deserves a file
         log.warning("the mask is empty: the DICOM SEG holds one empty frame")
     charset = datasets[0].get("SpecificCharacterSet") or "ISO_IR 100"  # empty = default repertoire (ASCII)
+    # only the images with some segment are framed (empty frames would be omitted anyway); the
+    # others are still referenced (further source images), and highdicom's checks of the pixel
+    # array, which cost seconds on a whole CT, run on the framed images only
+    framed = np.flatnonzero(pixel.any(axis=(1, 2, 3))) if pixel.any() else np.arange(len(datasets))
+    others = [datasets[i] for i in sorted(set(range(len(datasets))) - set(framed.tolist()))]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seg = _build(hd, datasets, pixel, model_name, model_version, sha256, series_description, series_number, charset)
+        seg = _build(hd, [datasets[i] for i in framed], pixel[framed], model_name, model_version, sha256,
+                     series_description, series_number, charset, further=others)
     for w in caught:  # e.g. odd person names copied from the source: not ours to fix
         log.debug("highdicom: %s", w.message)
     path = Path(path)
@@ -301,6 +307,7 @@ def _build(
     series_description: str,
     series_number: int,
     charset: Any,
+    further: Sequence[Any] = (),
 ) -> Any:
     return hd.seg.Segmentation(
         source_images=datasets,
@@ -320,4 +327,5 @@ def _build(
         content_description=f"Liver and liver tumor, {model_name} {model_version}",
         omit_empty_frames=bool(pixel.any()),
         specific_character_set=charset,
+        further_source_images=list(further) or None,
     )

@@ -15,6 +15,7 @@ the end, so a case that fails leaves nothing behind.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as _dt
 import errno
@@ -239,27 +240,40 @@ def run_case(
         report("write", 0.85)
         t0 = time.perf_counter()
         files: dict[str, str] = {}
-        write_mask(ct, prediction.labels, tmp / "mask.nii.gz")
-        files["mask"] = "mask.nii.gz"
-        if ct.is_2d:
-            write_mask(ct, prediction.labels, tmp / "mask.png")
-            files["mask_png"] = "mask.png"
-        if save_probabilities and prediction.probabilities is not None:
-            _write_probabilities(tmp / "probabilities.nii.gz", ct, prediction.probabilities)
-            files["probabilities"] = "probabilities.nii.gz"
         run_info = _run_info(src, ct, prediction, predictor, timings, note)
-        if str(ct.metadata.get("format", "")).startswith("dicom"):
-            try:
-                _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info, dicom_headers)
-                files["dicom_seg"] = "seg.dcm"
-            except (InputError, ValueError) as exc:  # the series' geometry (tilt, gaps): every other output stands
-                (tmp / "seg.dcm").unlink(missing_ok=True)
-                run_info["warnings"].append(f"no DICOM SEG was written: {exc}")
-                run_info["dicom_seg_missing"] = str(exc)
-        if not ct.is_2d:  # surfaces for the 3D view (liverseg.reporting.meshes; about 1 s for a whole CT)
-            from liverseg.reporting.meshes import write_meshes_or_warn
+        mesh_warnings: list[str] = []
 
-            files.update(write_meshes_or_warn(tmp, prediction.labels, run_info["warnings"]))
+        def volumes() -> dict[str, str]:
+            """The mask (gzip, which releases the GIL), probabilities and surfaces: beside the DICOM SEG."""
+            written = {"mask": "mask.nii.gz"}
+            write_mask(ct, prediction.labels, tmp / "mask.nii.gz")
+            if ct.is_2d:
+                write_mask(ct, prediction.labels, tmp / "mask.png")
+                written["mask_png"] = "mask.png"
+            if save_probabilities and prediction.probabilities is not None:
+                _write_probabilities(tmp / "probabilities.nii.gz", ct, prediction.probabilities)
+                written["probabilities"] = "probabilities.nii.gz"
+            if not ct.is_2d:  # surfaces for the 3D view (liverseg.reporting.meshes; about 1 s for a whole CT)
+                from liverseg.reporting.meshes import write_meshes_or_warn
+
+                written.update(write_meshes_or_warn(tmp, prediction.labels, mesh_warnings))
+            return written
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverseg-write") as pool:
+            beside = pool.submit(volumes)
+            try:
+                if str(ct.metadata.get("format", "")).startswith("dicom"):
+                    try:
+                        _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info, dicom_headers)
+                        files["dicom_seg"] = "seg.dcm"
+                    except (InputError, ValueError) as exc:  # the series' geometry (tilt, gaps): every other output stands
+                        (tmp / "seg.dcm").unlink(missing_ok=True)
+                        run_info["warnings"].append(f"no DICOM SEG was written: {exc}")
+                        run_info["dicom_seg_missing"] = str(exc)
+            finally:
+                concurrent.futures.wait([beside])
+            files = {**beside.result(), **files}  # the thread's exception, if any, is raised here
+        run_info["warnings"].extend(mesh_warnings)
         # the HTML/PDF show the times up to here; report.json gets the final ones below
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case

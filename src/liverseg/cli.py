@@ -220,11 +220,17 @@ def _add_serve(sub: "argparse._SubParsersAction") -> None:
 
 
 def _add_scale_out(p: argparse.ArgumentParser, *, worker: bool = False) -> None:
-    """--database, --broker and --visibility-timeout-s: shared by serve and worker (docs/deploy.md)."""
-    p.add_argument("--database", default=None, metavar="URL",
-                   help="postgresql://user@host:5432/name for studies, users and jobs (default: SQLite in --data-dir;"
-                        " the password goes in ~/.pgpass or PGPASSWORD, not on the command line)")
-    p.add_argument("--broker", default=None, metavar="URL", required=worker,
+    """--database, --broker and --visibility-timeout-s: shared by serve and worker (docs/deploy.md).
+
+    Their defaults come from LIVERSEG_DATABASE / LIVERSEG_BROKER, so a password in a URL need not show in `ps`.
+    """
+    import os
+
+    p.add_argument("--database", default=os.environ.get("LIVERSEG_DATABASE") or None, metavar="URL",
+                   help="postgresql://user@host:5432/name for studies, users and jobs (default: $LIVERSEG_DATABASE, "
+                        "else SQLite in --data-dir; the password goes in ~/.pgpass, not on the command line)")
+    broker = os.environ.get("LIVERSEG_BROKER") or None
+    p.add_argument("--broker", default=broker, metavar="URL", required=worker and broker is None,
                    help="redis://host:6379/0: " + ("take jobs from this queue" if worker else
                         "hand jobs to `liverseg worker` processes through this queue instead of running them here"))
     p.add_argument("--visibility-timeout-s", type=_positive_float, default=60.0, metavar="S",
@@ -242,7 +248,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     from liverseg.web.auth import write_initial_password
 
     Path(args.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    password = ensure_admin(open_store(args.data_dir, database=args.database))
+    from liverseg.web.lock import check_database_of
+
+    admin_store = open_store(args.data_dir, database=args.database)
+    check_database_of(args.data_dir, admin_store)  # a folder of another database: stop before adding an admin
+    password = ensure_admin(admin_store)
+    admin_store.close()
     if password is not None:  # into a private file: service managers keep stdout in their logs
         where = write_initial_password(args.data_dir, "admin", password)
         sys.stdout.write(f"Created the first user 'admin'; its password is in {where} (readable by you only).\n"
@@ -301,9 +312,12 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _add_users(sub: "argparse._SubParsersAction") -> None:
+    import os
+
     p = sub.add_parser("users", help="manage web app users and API tokens")
     p.add_argument("--data-dir", default="liverseg-data", help="the web app's data folder (default ./liverseg-data)")
-    p.add_argument("--database", default=None, metavar="URL", help="the server's postgresql://... database, if any")
+    p.add_argument("--database", default=os.environ.get("LIVERSEG_DATABASE") or None, metavar="URL",
+                   help="the server's postgresql://... database, if any (default: $LIVERSEG_DATABASE)")
     us = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     a = us.add_parser("add", help="add a user with a random password (printed once)")
     a.add_argument("name")
@@ -323,7 +337,10 @@ def _run_users(args: argparse.Namespace) -> int:
     from liverseg.web import auth
     from liverseg.web.app import open_store
 
+    from liverseg.web.lock import check_database_of
+
     store = open_store(args.data_dir, database=args.database)
+    check_database_of(args.data_dir, store)  # users of the database this data folder belongs to
     if args.users_command == "list":
         for u in store.users():
             sys.stdout.write(f"{u.name}\t{'admin' if u.is_admin else 'user'}\t{u.created_at}\n")

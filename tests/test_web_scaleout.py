@@ -146,6 +146,7 @@ class _Watcher(threading.Thread):
         self.studies, self.stop, self.errors, self.checks = studies, threading.Event(), [], 0
         self.done_at: dict[str, float] = {}
         self.checked: set[str] = set()
+        self.progress_seen: list[tuple[str, float]] = []  # (stage, fraction) of running jobs, as the API showed them
 
     def run(self) -> None:
         import gzip
@@ -154,6 +155,8 @@ class _Watcher(threading.Thread):
             for sid, api in list(self.studies.items()):
                 try:
                     s = api.study(sid)
+                    if s["status"] == "running" and 0 < s["progress"] < 1:
+                        self.progress_seen.append((s["stage"], s["progress"]))
                     if s["status"] == "done" and sid not in self.done_at:
                         self.done_at[sid] = time.monotonic()
                     if sid in self.checked:
@@ -229,6 +232,7 @@ def test_fault_a_worker_killed_mid_job_loses_nothing_and_writes_each_result_once
         watcher.join(30)
         cluster.stop()
     assert watcher.errors == [] and watcher.checks >= 20
+    assert watcher.progress_seen, "no running job's progress reached the API"  # from the workers, via PostgreSQL
     logs = cluster.worker_logs()
     for sid in studies:
         job = store.latest_job(sid)

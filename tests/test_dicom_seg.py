@@ -126,3 +126,17 @@ def test_frames_follow_world_coordinates_whatever_the_mask_grids_axis_order(tmp_
         other = dataclasses.replace(labels, array=np.ascontiguousarray(arr), origin=tuple(origin), direction=direction,
                                     spacing=spacing)
         np.testing.assert_array_equal(frames_for_sources(other, datasets), expected, err_msg=name)
+
+
+def test_segments_overlap_is_recorded_without_highdicoms_pixel_scan(tmp_path):
+    from liverseg.reporting.dicom_seg import _segmentation_class
+
+    assert _segmentation_class(hd) is not hd.seg.Segmentation  # the installed highdicom still has the checked hook
+    ct, lab = phantom(shape=(6, 64, 72), spacing=(2.5, 1.5, 1.2), lesions=((3.0, None),), noise_hu=0)
+    write_dicom_series(ct, tmp_path / "dcm")
+    vol, datasets = read_dicom_series(tmp_path / "dcm")
+    with_tumor = write_dicom_seg(vol.with_array(lab.array), datasets, tmp_path / "a.dcm", model_name="m", model_version="1")
+    liver_only = np.where(lab.array == 2, 1, lab.array).astype(np.uint8)
+    without = write_dicom_seg(vol.with_array(liver_only), datasets, tmp_path / "b.dcm", model_name="m", model_version="1")
+    assert pydicom.dcmread(with_tumor).SegmentsOverlap == "YES"
+    assert pydicom.dcmread(without).SegmentsOverlap == "NO"

@@ -297,6 +297,34 @@ def write_dicom_seg(
     return path
 
 
+def _segmentation_class(hd: Any) -> Any:
+    """highdicom's ``Segmentation``, without its scan of the pixel array where that can be skipped.
+
+    ``write_dicom_seg`` builds the array itself: uint8, values 0/1, shape (frames, rows, cols, 2),
+    segment 2 (tumor) inside segment 1 (liver). highdicom's checks of such an array (binary
+    values, overlapping segments: a sum over the segment axis into a uint64 copy) took more time
+    than the rest of the SEG on a whole CT (``docs/speed_profile.md``). The subclass answers them
+    from what is known: the segments overlap exactly when there is tumor. Should a highdicom
+    release rename that private classmethod, the stock class is used (slower, same file).
+    """
+    base = hd.seg.Segmentation
+    if not isinstance(vars(base).get("_check_and_cast_pixel_array"), classmethod):
+        return base
+
+    class _LiverTumorSegmentation(base):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _check_and_cast_pixel_array(cls, pixel_array, segment_numbers, segmentation_type, dtype):  # type: ignore[override]
+            known = (isinstance(pixel_array, np.ndarray) and pixel_array.dtype == np.uint8 and pixel_array.ndim == 4
+                     and pixel_array.shape[-1] == 2 and list(segment_numbers) == [1, 2]
+                     and segmentation_type == hd.seg.SegmentationTypeValues.BINARY)
+            if not known:
+                return super()._check_and_cast_pixel_array(pixel_array, segment_numbers, segmentation_type, dtype)
+            overlap = hd.seg.SegmentsOverlapValues.YES if pixel_array[..., 1].any() else hd.seg.SegmentsOverlapValues.NO
+            return pixel_array, overlap
+
+    return _LiverTumorSegmentation
+
+
 def _build(
     hd: Any,
     datasets: Sequence[Any],
@@ -309,7 +337,7 @@ def _build(
     charset: Any,
     further: Sequence[Any] = (),
 ) -> Any:
-    return hd.seg.Segmentation(
+    return _segmentation_class(hd)(
         source_images=datasets,
         pixel_array=pixel,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

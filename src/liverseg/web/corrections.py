@@ -423,6 +423,14 @@ def page_viewer_ct(study_id: str) -> Any:
     return resp
 
 
+@bp.route("/studies/<study_id>/versions/<int:number>/files/<name>")
+@login_required
+def page_version_file(study_id: str, number: int, name: str) -> Any:
+    """A version's file for the viewer (inline; the path ends in the file's name, as NiiVue wants)."""
+    return send_version_file(ctx().data_dir, _own_study(study_id), name, version=str(number),
+                             as_attachment=request.args.get("download") == "1")
+
+
 @api_bp.route("/studies/<study_id>/mask", methods=["PUT"])
 @token_required
 def api_put_mask(study_id: str) -> Any:

@@ -164,76 +164,7 @@
     if (box.dataset.status !== "failed") window.setTimeout(poll, 300);
   }
 
-  // ---------------------------------------------------------------- study dashboard
-  function initStudy() {
-    const viewer = $("#viewer");
-    const n = parseInt(viewer.dataset.slices, 10);
-    const base = viewer.dataset.sliceUrl; // ".../slice/" + z + ".png"
-    const imgO = $("#img-original");
-    const imgS = $("#img-overlay");
-    const slider = $("#slice");
-    const st = { z: parseInt(viewer.dataset.start, 10) || 0, w: 400, l: 40, opacity: 0.4, liver: true, tumor: true };
-    // one request in flight per pane; the newest wish wins
-    const panes = [
-      { img: imgO, busy: false, want: null },
-      { img: imgS, busy: false, want: null },
-    ];
-    function url(overlay) {
-      const q = new URLSearchParams({ w: st.w, l: st.l, overlay: overlay ? 1 : 0, opacity: st.opacity, liver: st.liver ? 1 : 0, tumor: st.tumor ? 1 : 0 });
-      return `${base}${st.z}.png?${q}`;
-    }
-    function load(pane, src) {
-      if (pane.busy) { pane.want = src; return; }
-      pane.busy = true;
-      const done = () => { pane.busy = false; if (pane.want && pane.want !== src) { const w = pane.want; pane.want = null; load(pane, w); } else pane.want = null; };
-      pane.img.onload = done;
-      pane.img.onerror = done;
-      pane.img.src = src;
-    }
-    function render() {
-      load(panes[0], url(false));
-      load(panes[1], url(true));
-      if (slider) { slider.value = st.z; $("#slice-label").textContent = `${st.z + 1} / ${n}`; }
-      $$("#lesion-table tbody tr").forEach((tr) => tr.classList.toggle("current", tr === st.selected && parseInt(tr.dataset.slice, 10) === st.z));
-    }
-    function go(z) { z = Math.max(0, Math.min(n - 1, z)); if (z !== st.z) { st.z = z; render(); } }
-    if (slider) {
-      slider.addEventListener("input", () => go(parseInt(slider.value, 10)));
-      $("#slice-prev").addEventListener("click", () => go(st.z - 1));
-      $("#slice-next").addEventListener("click", () => go(st.z + 1));
-      $(".viewer-panes").addEventListener("wheel", (e) => { e.preventDefault(); go(st.z + (e.deltaY > 0 ? 1 : -1)); }, { passive: false });
-      document.addEventListener("keydown", (e) => {
-        if (e.target.closest && e.target.closest("input, textarea, select")) return;
-        // as the wheel: down (ArrowDown, PageDown, wheel towards you) = next slice, up = previous
-        const step = { ArrowDown: 1, ArrowRight: 1, PageDown: 10, ArrowUp: -1, ArrowLeft: -1, PageUp: -10 }[e.key];
-        if (e.key === "Home") { e.preventDefault(); go(0); } else if (e.key === "End") { e.preventDefault(); go(n - 1); } else if (step) { e.preventDefault(); go(st.z + step); }
-      });
-    }
-    const wIn = $("#win-width"), lIn = $("#win-level");
-    $$(".preset").forEach((b) => b.addEventListener("click", () => {
-      st.w = parseFloat(b.dataset.width); st.l = parseFloat(b.dataset.level);
-      wIn.value = st.w; lIn.value = st.l;
-      $$(".preset").forEach((x) => x.classList.toggle("active", x === b));
-      render();
-    }));
-    const freeWL = () => {
-      const w = parseFloat(wIn.value), l = parseFloat(lIn.value);
-      if (!(w >= 1) || !isFinite(l)) return;
-      st.w = w; st.l = l;
-      $$(".preset").forEach((x) => x.classList.toggle("active", parseFloat(x.dataset.width) === w && parseFloat(x.dataset.level) === l));
-      render();
-    };
-    wIn.addEventListener("change", freeWL); lIn.addEventListener("change", freeWL);
-    $("#opacity").addEventListener("input", (e) => { st.opacity = parseInt(e.target.value, 10) / 100; load(panes[1], url(true)); });
-    $("#show-liver").addEventListener("change", (e) => { st.liver = e.target.checked; load(panes[1], url(true)); });
-    $("#show-tumor").addEventListener("change", (e) => { st.tumor = e.target.checked; load(panes[1], url(true)); });
-    $$("#lesion-table tbody tr, a.jump").forEach((el) => {
-      const jump = (e) => { e.preventDefault(); st.selected = el.tagName === "TR" ? el : null; const z = parseInt(el.dataset.slice, 10); if (z === st.z) render(); else go(z); viewer.scrollIntoView({ behavior: "smooth", block: "nearest" }); };
-      el.addEventListener("click", jump);
-      el.addEventListener("keydown", (e) => { if (e.key === "Enter") jump(e); });
-    });
-    render();
-  }
+  // The study page's viewer is reading_room.js (NiiVue).
 
   document.addEventListener("DOMContentLoaded", () => {
     initTheme();
@@ -241,6 +172,5 @@
     const page = document.body.dataset.page;
     if (page === "upload") initUpload();
     else if (page === "job") initJob();
-    else if (page === "study") initStudy();
   });
 })();

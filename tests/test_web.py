@@ -360,7 +360,8 @@ def test_openapi_spec_lists_every_route(app):
     spec = app.test_client().get("/api/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
     assert set(spec["paths"]) == {"/api/studies", "/api/studies/{id}", "/api/studies/{id}/files/{name}",
-                                  "/api/openapi.json", "/api/comparisons", "/api/comparisons/{cid}",
+                                  "/api/studies/{id}/mask", "/api/studies/{id}/versions",
+                                  "/api/studies/{id}/versions/{n}/files/{name}", "/api/openapi.json", "/api/comparisons", "/api/comparisons/{cid}",
                                   "/api/comparisons/{cid}/files/{name}"}
     assert set(spec["paths"]["/api/studies"]) == {"get", "post"}
     assert "202" in spec["paths"]["/api/studies"]["post"]["responses"]

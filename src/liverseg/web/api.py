@@ -141,9 +141,25 @@ def openapi_spec() -> dict[str, Any]:
                     "started_at": {"type": "string", "nullable": True},
                     "finished_at": {"type": "string", "nullable": True},
                     "summary": {"$ref": "#/components/schemas/Summary"},
-                    "files": {"type": "array", "items": {"type": "string", "enum": list(OUTPUT_FILES)},
-                              "description": "outputs available for download (status done)"},
-                    "report": {"type": "object", "description": "report.json (GET /api/studies/{id}, status done)"},
+                    "files": {"type": "array", "items": {"type": "string"},
+                              "description": "outputs of the newest mask version available for download (status "
+                                             "done): " + ", ".join(OUTPUT_FILES) + ", meshes.json, mesh-liver.ply, "
+                                             "mesh-lesion-<k>.ply"},
+                    "report": {"type": "object", "description": "report.json of the newest mask version "
+                                                                "(GET /api/studies/{id}, status done)"},
+                    "mask_version": {"type": "integer", "description": "the newest mask version (1: the model's)"},
+                    "versions": {"type": "array", "items": {"$ref": "#/components/schemas/MaskVersion"}},
+                }},
+                "MaskVersion": {"type": "object", "properties": {
+                    "version": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["model", "correction"]},
+                    "created_at": {"type": "string", "nullable": True},
+                    "edited_by": {"type": "string", "nullable": True},
+                    "based_on": {"type": "integer", "nullable": True},
+                    "changed_voxels": {"type": "integer", "nullable": True},
+                    "source": {"type": "string", "nullable": True, "description": "viewer or api"},
+                    "note": {"type": "string"},
+                    "files": {"type": "array", "items": {"type": "string"}},
                 }},
             },
         },
@@ -205,10 +221,47 @@ def openapi_spec() -> dict[str, Any]:
                 "get": {
                     "summary": "Download one output",
                     "parameters": [study_id, {"name": "name", "in": "path", "required": True,
-                                              "schema": {"type": "string", "enum": list(OUTPUT_FILES)}}],
+                                              "schema": {"type": "string"},
+                                              "description": ", ".join(OUTPUT_FILES) + ", meshes.json, "
+                                                             "mesh-liver.ply, mesh-lesion-<k>.ply"},
+                                   {"name": "version", "in": "query", "required": False,
+                                    "schema": {"type": "integer"}, "description": "a mask version (default: newest)"}],
                     "responses": {"200": {"description": "the file"}, "401": e("no or unknown token"),
                                   "404": e("no such study, not done yet, or no such output")},
                 },
+            },
+            "/api/studies/{id}/mask": {
+                "put": {
+                    "summary": "Store a corrected mask as a new version; every output is re-measured from it",
+                    "parameters": [study_id,
+                                   {"name": "based_on", "in": "query", "required": False, "schema": {"type": "integer"}},
+                                   {"name": "note", "in": "query", "required": False, "schema": {"type": "string"}}],
+                    "requestBody": {"required": True, "content": {
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        "multipart/form-data": {"schema": {"type": "object", "properties": {
+                            "file": {"type": "string", "format": "binary"}}}}},
+                        "description": "a NIfTI (.nii or .nii.gz) on the study's grid, labels 0/1/2"},
+                    "responses": {
+                        "201": {"description": "the study with the new `version`", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Study"}}}},
+                        "400": e("not a NIfTI, another grid (shape, voxel size, origin, direction) or other labels"),
+                        "401": e("no or unknown token"), "404": e("no such study for this user"),
+                        "409": e("the study's analysis has not finished"), "507": e("the server's disk is full"),
+                    },
+                },
+            },
+            "/api/studies/{id}/versions": {
+                "get": {"summary": "The study's mask versions", "parameters": [study_id],
+                        "responses": {"200": {"description": "{versions: [MaskVersion]}"},
+                                      "401": e("no or unknown token"), "404": e("no such study for this user")}},
+            },
+            "/api/studies/{id}/versions/{n}/files/{name}": {
+                "get": {"summary": "Download one output of mask version n",
+                        "parameters": [study_id, {"name": "n", "in": "path", "required": True,
+                                                  "schema": {"type": "integer"}},
+                                       {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "the file"}, "401": e("no or unknown token"),
+                                      "404": e("no such study, version or output")}},
             },
             "/api/openapi.json": {"get": {"summary": "This document", "security": [],
                                           "responses": {"200": {"description": ""}}}},

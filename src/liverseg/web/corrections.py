@@ -445,7 +445,9 @@ def api_versions(study_id: str) -> Any:
     return jsonify(versions=[v.to_json(version_files(c.data_dir, s.id, v.number)) for v in list_versions(c.data_dir, s)])
 
 
-@api_bp.route("/studies/<study_id>/versions/<int:number>/files/<name>", methods=["GET"])
+@api_bp.route("/studies/<study_id>/versions/<n>/files/<name>", methods=["GET"])
 @token_required
-def api_version_file(study_id: str, number: int, name: str) -> Any:
-    return send_version_file(ctx().data_dir, _own(study_id), name, version=str(number), as_attachment=True)
+def api_version_file(study_id: str, n: str, name: str) -> Any:
+    if not n.isdigit():
+        abort(404)
+    return send_version_file(ctx().data_dir, _own(study_id), name, version=n, as_attachment=True)

@@ -67,7 +67,7 @@ def test_nifti_study_runs_and_the_dashboard_shows_it(env, scans):
     assert report["run"]["note"] == "liver mets?"
 
     page = c.get(f"/studies/{sid}")
-    assert page.status_code == 200 and 'id="viewer"' in page.text
+    assert page.status_code == 200 and 'id="reading-room"' in page.text
     for label in ("Liver volume", "Lesions", "Tumor volume", "Tumor burden", "RECIST 1.1", "Downloads"):
         assert label in page.text
     data = c.get(f"/studies/{sid}/data.json").get_json()

@@ -248,3 +248,27 @@ def _shifted(affine: np.ndarray, mm: float) -> np.ndarray:
     out[0, 3] += mm
     return out
 
+
+
+def test_a_single_slice_study_has_no_3d_view_and_its_correction_keeps_mask_png(tmp_path):
+    from liverseg.testing import phantom_2d
+
+    ct, labels = phantom_2d(shape=(64, 64), spacing=(1.5, 1.5), lesions=((6.0, None),))
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, TESTING=True,
+                     predictor_factory=lambda: PhantomPredictor(labels.array))
+    store = app.extensions["liverseg"].store
+    create_user(store, name="ada", password=PASSWORD)
+    token = new_token()
+    store.add_token(store.user_by_name("ada").id, token)
+    c, sid, body = _study(app, {"Authorization": f"Bearer {token}"}, tmp_path, ct, name="slice.nii.gz")
+    assert not [f for f in body["files"] if f.startswith("mesh")]
+    page = app.test_client()
+    assert login(page).status_code == 302
+    html = page.get(f"/studies/{sid}").text
+    assert 'data-is-2d="1"' in html and "rr-canvas-3d" not in html and 'data-meshes-url=""' in html
+    corrected = labels.array.copy()
+    corrected[corrected == 2] = 1
+    r = c.put(f"/api/studies/{sid}/mask", headers={"Authorization": f"Bearer {token}"},
+              data=_nifti_bytes(corrected, ct.affine_ras()))
+    assert r.status_code == 201, r.json
+    assert "mask.png" in r.json["version"]["files"] and r.json["summary"]["lesion_count"] == 0

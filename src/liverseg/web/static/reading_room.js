@@ -231,7 +231,8 @@
     // ------------------------------------------------------------ status line
     function showSlice() {
       const v = currentVox();
-      $("#slice-label").textContent = `${v[2] + 1} / ${n}`;
+      const label = $("#slice-label");
+      if (label) label.textContent = `${v[2] + 1} / ${n}`;
       const slider = $("#slice");
       if (slider) slider.value = v[2];
     }

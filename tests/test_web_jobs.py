@@ -112,6 +112,30 @@ def test_png_slice_shows_areas(env, scans):
     assert "mask.png" in s["files"]
 
 
+def test_png_slice_with_a_pixel_size_gets_areas_in_mm2(env, scans):
+    app, c, h = env
+    page = c.get("/upload").text
+    assert 'name="pixel_size_mm"' in page
+    data = {"csrf_token": csrf_of(page), "note": "", "pixel_size_mm": "0,8",  # a decimal comma is read too
+            "files": [(io.BytesIO(scans["png"]), "slice.png")]}
+    r = c.post("/upload", data=data, headers={"Accept": "application/json"}, content_type="multipart/form-data")
+    assert r.status_code == 202, r.get_json()
+    sid = r.get_json()["id"]
+    app.extensions["liverseg"].pool.run_pending()
+    s = c.get(f"/studies/{sid}/status.json").get_json()
+    assert s["status"] == "done", s["error"]
+    report = app.extensions["liverseg"].store.result(sid)
+    assert report["run"]["pixel_size_mm"] == 0.8
+    a = report["analysis"]
+    assert a["liver_area_px"] > 0 and a["liver_area_mm2"] == pytest.approx(a["liver_area_px"] * 0.64, rel=1e-6)
+    # the REST API takes it too; nonsense is refused with the reason, and nothing is stored
+    n_before = len(c.get("/api/studies", headers=h).get_json()["studies"])
+    bad = c.post("/api/studies", data={"files": [(io.BytesIO(scans["png"]), "slice.png")], "pixel_size_mm": "-1"},
+                 headers=h, content_type="multipart/form-data")
+    assert bad.status_code == 400 and "pixel size" in bad.get_json()["error"]
+    assert len(c.get("/api/studies", headers=h).get_json()["studies"]) == n_before
+
+
 @pytest.mark.slow
 def test_corrupt_file_fails_with_reason_and_the_server_goes_on(env, scans):
     app, c, _ = env

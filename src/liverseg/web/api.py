@@ -54,7 +54,8 @@ def _own(study_id: str) -> Study:
 @token_required
 def create() -> Any:
     try:
-        study = create_study(g.user, request.files.getlist("files"), request.form.get("note", ""))
+        study = create_study(g.user, request.files.getlist("files"), request.form.get("note", ""),
+                             request.form.get("pixel_size_mm"))
     except (InputError, ResourceError) as exc:
         return jsonify(error=str(exc)), upload_error_status(exc)
     resp = jsonify(id=study.id, status="queued")
@@ -174,6 +175,9 @@ def openapi_spec() -> dict[str, Any]:
                                       "description": "one NIfTI/MHA/NRRD file, a DICOM series (many files) or a "
                                                      ".zip of it, or one DICOM/PNG/JPEG slice"},
                             "note": {"type": "string"},
+                            "pixel_size_mm": {"type": "number", "minimum": 0, "maximum": 50,
+                                              "description": "optional pixel size (mm) of a PNG/JPEG slice, which "
+                                                             "carries none: areas then in mm² instead of pixels"},
                         },
                         "required": ["files"],
                     }}}},

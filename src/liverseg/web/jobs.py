@@ -25,7 +25,7 @@ from typing import Any, Callable
 from liverseg.errors import InputError, JobCancelledError, LiversegError, is_disk_full
 from liverseg.web.lease import Heartbeat, owner_is_dead, worker_id
 from liverseg.web.store import DEFAULT_LEASE_S, Job, Store
-from liverseg.web.uploads import input_path, output_dir, study_dir
+from liverseg.web.uploads import input_path, output_dir, study_dir, study_options
 
 __all__ = ["DEFAULT_JOB_MEMORY_BYTES", "DEFAULT_JOB_TIMEOUT_S", "job_time_limit", "run_study_job", "summarize_report",
            "analysis_of", "attempt_dir", "discard_attempts", "recover_dead_jobs", "WorkerPool", "shared_factory"]
@@ -338,6 +338,7 @@ def _run_leased(
             overwrite=True,
             progress=progress,
             note=study.note or None,
+            pixel_size_mm=study_options(data_dir, study_id).get("pixel_size_mm"),
         )
         if not isinstance(report, dict):
             raise TypeError(f"run_case returned {type(report).__name__}, expected the report dict")

@@ -12,12 +12,14 @@ with one rename, so a study folder is either complete or absent.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
@@ -70,6 +72,46 @@ def study_dir(data_dir: Path, study_id: str) -> Path:
     if not study_id.isalnum():
         raise ValueError(f"invalid study id {study_id!r}")
     return Path(data_dir) / "studies" / study_id
+
+
+#: per-study prediction options given at upload (``{"pixel_size_mm": 0.7}``), beside ``input/``
+OPTIONS_FILE = "options.json"
+
+
+def parse_pixel_size(value: Any) -> float | None:
+    """The upload form's optional pixel size (mm) as a float, ``None`` when empty.
+
+    Raises:
+        InputError: not a number of mm in (0, 50].
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        px = float(str(value).strip().replace(",", "."))
+    except ValueError:
+        px = float("nan")
+    if not math.isfinite(px) or not 0 < px <= 50:
+        raise InputError(f"the pixel size must be a number of mm in (0, 50], e.g. 0.75, or empty; got {str(value)[:40]!r}")
+    return px
+
+
+def write_study_options(data_dir: Path, study_id: str, *, pixel_size_mm: float | None) -> None:
+    """Keep the upload's prediction options with the study (atomically; nothing when there are none)."""
+    if pixel_size_mm is None:
+        return
+    folder = study_dir(data_dir, study_id)
+    tmp = folder / (OPTIONS_FILE + ".partial")
+    tmp.write_text(json.dumps({"pixel_size_mm": float(pixel_size_mm)}))
+    os.replace(tmp, folder / OPTIONS_FILE)
+
+
+def study_options(data_dir: Path, study_id: str) -> dict[str, Any]:
+    """The options :func:`write_study_options` kept (``{}`` when none or unreadable)."""
+    try:
+        value = json.loads((study_dir(data_dir, study_id) / OPTIONS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def input_path(data_dir: Path, study_id: str) -> Path:

@@ -28,7 +28,7 @@ from liverseg.errors import InputError, ResourceError, TooLargeError
 from liverseg.web import auth
 from liverseg.web.jobs import analysis_of
 from liverseg.web.store import Study, User
-from liverseg.web.uploads import new_study_id, save_upload, study_dir
+from liverseg.web.uploads import new_study_id, parse_pixel_size, save_upload, study_dir, write_study_options
 from liverseg.web.viewer import WINDOW_PRESETS
 
 __all__ = ["bp", "OUTPUT_FILES", "ctx", "create_study", "delete_study_files", "study_json"]
@@ -149,11 +149,16 @@ def _own_study(study_id: str) -> Study:
 # --------------------------------------------------------------------------- shared with the API
 
 
-def create_study(user: User, files: list[Any], note: str) -> Study:
-    """Store an upload as a new queued study and wake the workers (InputError on bad content)."""
+def create_study(user: User, files: list[Any], note: str, pixel_size_mm: Any = None) -> Study:
+    """Store an upload as a new queued study and wake the workers (InputError on bad content).
+
+    ``pixel_size_mm``: the form's optional pixel size (mm) for an 8-bit slice, so that its areas
+    come out in mm² (ignored with a warning in the report for inputs that carry their own).
+    """
     from liverseg.web.app import MAX_NOTE_CHARS
 
     c = ctx()
+    pixel_size = parse_pixel_size(pixel_size_mm)
     note = (note or "").strip()
     if len(note) > MAX_NOTE_CHARS:
         raise InputError(
@@ -163,6 +168,7 @@ def create_study(user: User, files: list[Any], note: str) -> Study:
     saved = save_upload(files, data_dir=c.data_dir, study_id=study_id, max_files=c.max_files,
                         max_bytes=c.max_upload_bytes)
     try:
+        write_study_options(c.data_dir, study_id, pixel_size_mm=pixel_size)
         study = c.store.add_study(
             study_id=study_id, user_id=user.id, note=note, input_name=saved.input_name, input_kind=saved.kind,
             input_format=saved.format, n_files=saved.n_files, n_bytes=saved.n_bytes,
@@ -321,7 +327,7 @@ def upload() -> Any:
     wants_json = request.accept_mimetypes.best == "application/json"
     files = request.files.getlist("files")
     try:
-        study = create_study(g.user, files, request.form.get("note", ""))
+        study = create_study(g.user, files, request.form.get("note", ""), request.form.get("pixel_size_mm"))
     except (InputError, ResourceError) as exc:
         code = upload_error_status(exc)
         if wants_json:

@@ -96,6 +96,7 @@
       const data = new FormData();
       data.append("csrf_token", csrf());
       data.append("note", $("#note").value);
+      if ($("#pixel-size") && $("#pixel-size").value) data.append("pixel_size_mm", $("#pixel-size").value);
       chosen.forEach((x) => data.append("files", x.file, x.path));
       const xhr = new XMLHttpRequest();
       xhr.open("POST", form.getAttribute("action") || window.location.pathname);

@@ -226,7 +226,7 @@ def test_fault_a_worker_killed_mid_job_loses_nothing_and_writes_each_result_once
         cluster.start_worker(victim)
         _wait(lambda: all(store.latest_job(sid).status in ("done", "failed") for sid in studies), 600, "all 20 done",
               step_s=0.5)
-        _wait(lambda: len(watcher.checked) == 20, 60, "the watcher seeing all 20 done")
+        _wait(lambda: len(watcher.checked) == 20, 300, "the watcher seeing all 20 done")
     finally:
         watcher.stop.set()
         watcher.join(30)

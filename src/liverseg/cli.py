@@ -205,7 +205,9 @@ def _add_serve(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--data-dir", default="liverseg-data", help="SQLite database and study files (default ./liverseg-data)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="jobs run at the same time in this server (default 1); with --broker the server runs none: "
+                        "start `liverseg worker` processes instead")
     p.add_argument("--model", default=None, help="3D model bundle name or folder (default: the bundled model)")
     p.add_argument("--max-upload-gb", type=_positive_float, default=2.0, help="largest upload in GB (default 2)")
     p.add_argument("--max-files", type=_positive_int, default=5000, help="most files in one upload (default 5000)")

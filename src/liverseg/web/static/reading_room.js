@@ -452,8 +452,31 @@
   function localStorageGet(k) { try { return window.localStorage.getItem(k); } catch (e) { return null; } }
   function localStorageSet(k, v) { try { window.localStorage.setItem(k, v); } catch (e) { /* private mode */ } }
 
+  // On a slow machine the viewer can wait for a click: localStorage "liverseg-viewer" = "manual"
+  // (the link under the viewer sets it); the measurements and downloads are there either way.
   document.addEventListener("DOMContentLoaded", () => {
     const root = document.getElementById("reading-room");
-    if (root) start(root);
+    if (!root) return;
+    const manual = $("#rr-manual");
+    if (manual) {
+      manual.textContent = localStorageGet("liverseg-viewer") === "manual" ? "load the viewer by itself again" : "don't load the viewer by itself on this browser";
+      manual.addEventListener("click", (e) => {
+        e.preventDefault();
+        const now = localStorageGet("liverseg-viewer") === "manual" ? "auto" : "manual";
+        localStorageSet("liverseg-viewer", now);
+        manual.textContent = now === "manual" ? "load the viewer by itself again" : "don't load the viewer by itself on this browser";
+      });
+    }
+    if (localStorageGet("liverseg-viewer") !== "manual") { start(root); return; }
+    root.dataset.state = "manual";
+    const msg = $("#rr-message");
+    msg.textContent = "";
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "btn small primary";
+    btn.id = "rr-open";
+    btn.textContent = "Open the viewer";
+    btn.addEventListener("click", () => { btn.remove(); root.dataset.state = "loading"; start(root); });
+    msg.appendChild(btn);
   });
 })();

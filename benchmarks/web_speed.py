@@ -1,0 +1,114 @@
+"""Upload to dashboard with one worker (issue 14, item 4, single-worker part).
+
+The web app is built in this process (``create_app`` with one worker thread, SQLite, files on
+disk, the bundled models) and driven through Flask's test client as a browser would: sign in,
+POST the upload (the zip's bytes), poll ``status.json`` every 0.1 s until the study is done,
+then load the dashboard page, its ``data.json`` and the slice image it shows first. Reported:
+seconds from the upload's start to the dashboard's last byte, split into upload (the request
+that stores the files), queue + job (until ``status.json`` says done) and dashboard (the three
+requests). The first study also pays the lazy Predictor build and model load; the second is a
+warm worker, what users of a running server see. HTTP transport is left out (loopback).
+
+Usage::
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/web_speed.py --threads 2 [--input path.zip] [--studies 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LIVERSEG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_INPUT = DATA / "labeled" / "3Dircadb1.17" / "PATIENT_DICOM.zip"
+PASSWORD = "speed-test-password-1"
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    if not m:
+        raise RuntimeError("the page has no CSRF token")
+    return m.group(1)
+
+
+def main() -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--studies", type=int, default=2, help="uploads one after another (the first one is cold)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not args.input.is_file():
+        sys.stderr.write(f"no input at {args.input}; pass --input or set LIVERSEG_SHARED_DATA\n")
+        return 2
+    from liverseg.inference import Predictor
+    from liverseg.web import create_app
+    from liverseg.web.auth import create_user
+
+    payload = args.input.read_bytes()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="liverseg-web-speed-") as tmp:
+        # no job time limit: the server's (40 s + 7.5 s per MiB) stopped a slice's first job on the
+        # overloaded 2-core development machine; a measurement must finish to say how long it took
+        app = create_app(data_dir=Path(tmp) / "data", workers=1, secure_cookies=False, job_timeout_s=None,
+                         predictor_factory=lambda: Predictor(threads=args.threads))
+        create_user(app.extensions["liverseg"].store, name="speed", password=PASSWORD)
+        client = app.test_client()
+        page = client.get("/login").text
+        client.post("/login", data={"username": "speed", "password": PASSWORD, "csrf_token": _csrf(page)})
+        for n in range(args.studies):
+            load_before = [round(v, 2) for v in os.getloadavg()]
+            token = _csrf(client.get("/upload").text)
+            t0 = time.perf_counter()
+            r = client.post("/upload", data={"csrf_token": token, "note": "", "files": [(io.BytesIO(payload), args.input.name)]},
+                            headers={"Accept": "application/json"}, content_type="multipart/form-data")
+            if r.status_code != 202:
+                sys.stderr.write(f"upload refused: {r.status_code} {r.get_data(as_text=True)[:300]}\n")
+                return 1
+            study_id = r.get_json()["id"]
+            t_uploaded = time.perf_counter()
+            while True:
+                status = client.get(f"/studies/{study_id}/status.json").get_json()
+                if status["status"] in ("done", "failed"):
+                    break
+                time.sleep(0.1)
+            t_done = time.perf_counter()
+            if status["status"] != "done":
+                sys.stderr.write(f"study failed: {status.get('error')}\n")
+                return 1
+            dash = client.get(f"/studies/{study_id}")
+            data = client.get(f"/studies/{study_id}/data.json")
+            png = client.get(f"/studies/{study_id}/slice/0.png?overlay=1")  # the first slice render loads the volumes
+            t_dash = time.perf_counter()
+            report = client.get(f"/studies/{study_id}/files/report.json").get_json() or {}
+            timings = report.get("run", {}).get("timings_s") or {}
+            rows.append({
+                "study": n + 1, "upload_s": round(t_uploaded - t0, 2), "queue_and_job_s": round(t_done - t_uploaded, 2),
+                "dashboard_s": round(t_dash - t_done, 2), "upload_to_dashboard_s": round(t_dash - t0, 2),
+                "dashboard_status": [dash.status_code, data.status_code, png.status_code], "job_timings_s": timings,
+                "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()],
+            })
+            sys.stderr.write(json.dumps(rows[-1]) + "\n")
+        app.extensions["liverseg"].pool.stop()
+    sys.stdout.write("| study | upload s | queue + job s | dashboard s | upload → dashboard s | load average (1 min) |\n")
+    sys.stdout.write("|---|---|---|---|---|---|\n")
+    for r in rows:
+        sys.stdout.write(f"| {r['study']}{' (cold worker)' if r['study'] == 1 else ''} | {r['upload_s']:.2f} | "
+                         f"{r['queue_and_job_s']:.2f} | {r['dashboard_s']:.2f} | {r['upload_to_dashboard_s']:.2f} | "
+                         f"{r['load_average_before'][0]:.1f} → {r['load_average_after'][0]:.1f} |\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -326,3 +326,20 @@ def test_load_parallel_uploads_while_two_workers_run(backend, tmp_path, fast_bun
         print(f"\nload test ({backend}, 2 workers, tiny model, 9 studies from 3 users): {elapsed:.1f} s, "
               f"{per_hour:.0f} studies/hour; load average before {load0[0]:.2f}, after {load1[0]:.2f} "
               f"(1 min), {os.cpu_count()} CPUs")
+
+
+def test_a_worker_with_a_model_it_cannot_load_stops_before_taking_a_job(tmp_path, redis_url, capsys):
+    from liverseg.cli import main
+
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, predictor_factory=lambda: None, TESTING=True,
+                     broker=redis_url)
+    store = app.extensions["liverseg"].store
+    user = store.add_user(name="ada", password_hash="x")
+    store.add_study(study_id="s1", user_id=user.id, note="", input_name="a", input_kind="file", input_format="nifti",
+                    n_files=1, n_bytes=1)
+    app.extensions["liverseg"].pool.dispatch()
+    code = main(["worker", "--data-dir", str(tmp_path / "data"), "--broker", redis_url, "--burst",
+                 "--model", str(tmp_path / "no-such-bundle")])
+    assert code in (1, 2) and "no-such-bundle" in capsys.readouterr().err
+    job = store.latest_job("s1")
+    assert job.status == "queued" and job.attempts == 0  # nothing was taken

@@ -271,6 +271,10 @@ def run_worker(
 ) -> int:
     """Run jobs from the broker until stopped (SIGTERM / Ctrl+C: warm shutdown after the current job).
 
+    The predictor is built first (``predictor_factory()``; wrap it with
+    :func:`~liverseg.web.jobs.shared_factory` so the jobs reuse it), so a model that cannot
+    be loaded stops the worker before it takes any job.
+
     Args:
         burst: stop when the queue is empty (tests, batch runs).
         name: the worker's name in RQ (default: RQ's, host and pid based).
@@ -286,6 +290,12 @@ def run_worker(
                          "(shared with this machine, e.g. over NFS)")
     conn = connect_broker(broker_url)
     queue = _queue(conn, queue_name)
+    # load the model before taking a job: a bad --model stops the worker here with its reason, and the
+    # minutes of imports and weights on a busy machine are not spent under a job's lease (an import holds
+    # the interpreter, and a heartbeat that cannot run lets the lease lapse)
+    t_load = time.monotonic()
+    predictor_factory()
+    log.info("model ready in %.1f s", time.monotonic() - t_load)
     ctx = _WorkerContext(store=store, data_dir=data_dir, predictor_factory=predictor_factory, lease_s=float(lease_s),
                          timeout_s=timeout_s, memory_bytes=memory_bytes, worker=worker_id())
     _CONTEXT = ctx

@@ -1,4 +1,4 @@
-"""End to end in a real headless Chromium: sign in, upload a DICOM zip, wait, scroll, download.
+"""End to end in a real headless Chromium: sign in, upload a DICOM zip, wait, read it in NiiVue, download.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and the real
 DICOM series in ../shared/data; skipped with the reason otherwise. The app runs with
@@ -42,7 +42,8 @@ def _browser_or_skip(tmp_path: Path):
     downloads.mkdir()
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    for flag in ("--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                 "--ignore-gpu-blocklist", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1480,1000", "--force-device-scale-factor=1"):
         opts.add_argument(flag)
@@ -52,6 +53,7 @@ def _browser_or_skip(tmp_path: Path):
         "safebrowsing.enabled": False,
     })
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.command_executor._client_config.timeout = 600  # a busy 2-core machine: see test_reading_room_browser
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     return driver, downloads
 
@@ -128,7 +130,9 @@ def test_browser_end_to_end(server, shared_data, tmp_path):
     try:
         # sign in (a wrong password first)
         driver.get(server + "/login")
-        driver.execute_script("localStorage.setItem('liverseg-theme', 'dark')")
+        # the whole 512 x 512 x 119 CT in software WebGL takes minutes here: this test leaves the viewer to
+        # tests/test_reading_room_browser.py (a phantom) and checks that the page holds it, unopened
+        driver.execute_script("localStorage.setItem('liverseg-theme', 'dark'); localStorage.setItem('liverseg-viewer', 'manual')")
         driver.get(server + "/login")
         driver.find_element(By.ID, "username").send_keys("radiologist")
         driver.find_element(By.ID, "password").send_keys("not the password")
@@ -157,52 +161,26 @@ def test_browser_end_to_end(server, shared_data, tmp_path):
 
         # the job page reloads itself into the dashboard when the job is done
         WebDriverWait(driver, 300).until(
-            lambda d: d.find_elements(By.ID, "viewer") or d.find_elements(By.ID, "retry-button")
+            lambda d: d.find_elements(By.ID, "reading-room") or d.find_elements(By.ID, "retry-button")
             and d.find_element(By.ID, "retry-button").is_displayed()
         )
-        assert driver.find_elements(By.ID, "viewer"), driver.find_element(By.ID, "job-error").text
-        overlay = driver.find_element(By.ID, "img-overlay")
-        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
-        assert driver.execute_script("return arguments[0].naturalWidth", overlay) == 512
-        assert "overlay=1" in overlay.get_attribute("src")
+        assert driver.find_elements(By.ID, "reading-room"), driver.find_element(By.ID, "job-error").text
+        assert driver.execute_script("return document.getElementById('reading-room').dataset.state") == "manual"
+        assert driver.find_element(By.ID, "rr-open").is_displayed()
+        assert driver.execute_script("return typeof window.niivue.Niivue") == "function"  # served from the app
 
-        # scroll slices: keyboard and mouse wheel
-        label = driver.find_element(By.ID, "slice-label")
-        before = label.text
-        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_UP)
-        wait.until(lambda d: label.text != before)
-        z = int(label.text.split("/")[0]) - 1
-        assert f"/slice/{z}.png" in overlay.get_attribute("src")
-        from selenium.webdriver.common.action_chains import ActionChains
-        from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
-
-        after_key = label.text
-        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(overlay), 0, 120).perform()
-        wait.until(lambda d: label.text != after_key)
-
-        # window preset, toggles
-        driver.find_element(By.CSS_SELECTOR, ".preset[data-width='150']").click()
-        wait.until(lambda d: "w=150" in overlay.get_attribute("src"))
-        driver.find_element(By.ID, "show-liver").click()
-        wait.until(lambda d: "liver=0" in overlay.get_attribute("src"))
-        driver.find_element(By.ID, "show-liver").click()
-
-        # metrics, pie chart, lesion table (a click jumps to the lesion's slice)
+        # metrics, pie chart, lesion table (each row carries the lesion for the viewer)
         assert len(driver.find_elements(By.CSS_SELECTOR, ".metric")) == 4
         assert driver.find_element(By.ID, "pie").is_displayed()
         rows = driver.find_elements(By.CSS_SELECTOR, "#lesion-table tbody tr")
         lesions_card = driver.find_element(By.CSS_SELECTOR, ".lesions-card")
         assert lesions_card.is_displayed()
         if rows:
-            target = int(rows[-1].get_attribute("data-slice"))
-            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", rows[-1])
-            rows[-1].click()
-            wait.until(lambda d: f"/slice/{target}.png" in overlay.get_attribute("src"))
+            assert rows[0].get_attribute("data-lesion") == "1" and rows[0].get_attribute("data-centroid") != "null"
         else:
             assert "No tumor was found" in lesions_card.text
         driver.execute_script("window.scrollTo(0, 0)")
-        wait.until(lambda d: d.execute_script("return arguments[0].complete", overlay))
-        time.sleep(0.3)
+        time.sleep(1.0)
         _shot(driver, "dashboard.png", height=1420)
         driver.set_window_size(1480, 1000)
 

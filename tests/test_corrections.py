@@ -48,7 +48,7 @@ def case():
 @pytest.fixture()
 def web(tmp_path, case):
     ct, labels = case
-    app = create_app(data_dir=tmp_path / "data", start_workers=False,
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None,
                      predictor_factory=lambda: PhantomPredictor(labels.array), TESTING=True)
     store = app.extensions["liverseg"].store
     create_user(store, name="ada", password=PASSWORD, is_admin=True)
@@ -209,7 +209,7 @@ def test_a_dicom_study_gets_a_new_dicom_seg_for_its_correction(tmp_path):
         for p in paths:
             zf.write(p, f"series/{p.name}")
     dicom_ct = read_volume(archive)
-    app = create_app(data_dir=tmp_path / "data", start_workers=False, TESTING=True,
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
                      predictor_factory=lambda: PhantomPredictor(labels.array))
     store = app.extensions["liverseg"].store
     create_user(store, name="ada", password=PASSWORD)
@@ -254,7 +254,7 @@ def test_a_single_slice_study_has_no_3d_view_and_its_correction_keeps_mask_png(t
     from liverseg.testing import phantom_2d
 
     ct, labels = phantom_2d(shape=(64, 64), spacing=(1.5, 1.5), lesions=((6.0, None),))
-    app = create_app(data_dir=tmp_path / "data", start_workers=False, TESTING=True,
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
                      predictor_factory=lambda: PhantomPredictor(labels.array))
     store = app.extensions["liverseg"].store
     create_user(store, name="ada", password=PASSWORD)

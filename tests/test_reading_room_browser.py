@@ -51,10 +51,15 @@ def _driver(tmp_path: Path):
     for flag in ("--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
                  "--ignore-gpu-blocklist", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-                 "--window-size=1360,1100", "--force-device-scale-factor=1"):
+                 "--window-size=1280,1000", "--force-device-scale-factor=1"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    # software WebGL compiles NiiVue's shaders on the page's thread: on a busy 2-core machine one command
+    # can wait minutes for it (selenium's default gives up after 120 s)
+    driver.command_executor._client_config.timeout = 600
+    driver.set_script_timeout(300)
+    return driver
 
 
 @pytest.fixture()
@@ -62,7 +67,7 @@ def served(tmp_path):
     from waitress.server import create_server
 
     ct, labels = phantom(shape=(48, 128, 128), spacing=(2.5, 1.2, 1.2), lesions=((9.0, None), (6.0, None)), seed=5)
-    app = create_app(data_dir=tmp_path / "data", start_workers=False,
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None,  # a busy machine
                      predictor_factory=lambda: PhantomPredictor(labels.array))
     store = app.extensions["liverseg"].store
     create_user(store, name="radiologist", password=PASSWORD)
@@ -74,6 +79,7 @@ def served(tmp_path):
     sid = api.post("/api/studies", headers=h, data={"files": (open(path, "rb"), "phantom.nii.gz")},
                    content_type="multipart/form-data").json["id"]
     assert app.extensions["liverseg"].pool.run_pending() == 1
+    assert api.get(f"/api/studies/{sid}", headers=h).json["status"] == "done"
     srv = create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -103,7 +109,7 @@ def _tile_stats(img, tile) -> dict:
     return {"std": float(a.std()), "lit": float((a.max(axis=2) > 40).mean()), "yellow": int(yellow.sum())}
 
 
-def _wait_ready(driver, timeout: float = 90.0) -> None:
+def _wait_ready(driver, timeout: float = 300.0) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, timeout, poll_frequency=0.25).until(
@@ -170,6 +176,20 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         assert driver.find_element(By.ID, "win-width").get_attribute("value") == "1800"
         assert driver.execute_script("return window.readingRoom.nv.volumes[0].cal_max") == pytest.approx(1300)
         driver.find_element(By.CSS_SELECTOR, ".rr-preset[data-preset='abdomen']").click()
+        # the colour-blind-safe palette recolours the overlay (NiiVue's drawing LUT: label 1 = liver)
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element(By.ID, "palette")).select_by_value("cbsafe")
+        assert driver.execute_script("return Array.from(window.readingRoom.nv.drawLut.lut.slice(4, 7))") == [0, 114, 178]
+        Select(driver.find_element(By.ID, "palette")).select_by_value("standard")
+        # mouse-drag W/L (Ctrl + left drag; right drag does the same)
+        cal = driver.execute_script("return [window.readingRoom.nv.volumes[0].cal_min, window.readingRoom.nv.volumes[0].cal_max]")
+        (ActionChains(driver).move_to_element_with_offset(canvas, ox, oy).key_down(Keys.CONTROL).click_and_hold()
+         .move_by_offset(40, 25).release().key_up(Keys.CONTROL).perform())
+        wait.until(lambda d: d.execute_script(
+            "return [window.readingRoom.nv.volumes[0].cal_min, window.readingRoom.nv.volumes[0].cal_max]") != cal)
+        wait.until(lambda d: d.find_element(By.ID, "win-width").get_attribute("value") != "400")
+        driver.find_element(By.CSS_SELECTOR, ".rr-preset[data-preset='abdomen']").click()
         # HU under the cursor
         ActionChains(driver).move_to_element_with_offset(canvas, ox, oy).perform()
         wait.until(lambda d: "HU at" in d.find_element(By.ID, "rr-probe").text)
@@ -202,14 +222,22 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         driver.find_element(By.CSS_SELECTOR, ".rr-pen[data-pen='2']").click()
         driver.execute_script("document.getElementById('pen-size').value = '9';"
                               "document.getElementById('pen-size').dispatchEvent(new Event('change'))")
-        chain = ActionChains(driver).move_to_element_with_offset(canvas, ox - int(axial["w"] * 0.18), oy)
-        chain.click_and_hold()
-        for _ in range(8):
-            chain.move_by_offset(4, 3)
-        chain.release().perform()
+        def stroke():
+            chain = ActionChains(driver).move_to_element_with_offset(canvas, ox - int(axial["w"] * 0.18), oy)
+            chain.click_and_hold()
+            for _ in range(8):
+                chain.move_by_offset(4, 3)
+            chain.release().perform()
+
+        stroke()
         wait.until(lambda d: d.find_element(By.ID, "rr-save").is_enabled())
-        painted = driver.execute_script(
-            "return Array.from(window.readingRoom.nv.drawBitmap).filter(v => v === 2 || v === 3).length")
+        count_tumor = "return Array.from(window.readingRoom.nv.drawBitmap).filter(v => v === 2 || v === 3).length"
+        painted = driver.execute_script(count_tumor)
+        assert painted > before["report"]["analysis"]["tumor_voxel_count"]
+        driver.find_element(By.ID, "rr-undo").click()  # undo takes the stroke back ...
+        assert driver.execute_script(count_tumor) == before["report"]["analysis"]["tumor_voxel_count"]
+        stroke()  # ... and it is drawn again
+        wait.until(lambda d: d.execute_script(count_tumor) == painted)
         assert painted > before["report"]["analysis"]["tumor_voxel_count"]
         _t('driver.find_element(By.ID, "rr')
         driver.find_element(By.ID, "rr-save").click()

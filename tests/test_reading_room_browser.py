@@ -184,8 +184,10 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         Select(driver.find_element(By.ID, "palette")).select_by_value("standard")
         # mouse-drag W/L (Ctrl + left drag; right drag does the same)
         cal = driver.execute_script("return [window.readingRoom.nv.volumes[0].cal_min, window.readingRoom.nv.volumes[0].cal_max]")
-        (ActionChains(driver).move_to_element_with_offset(canvas, ox, oy).key_down(Keys.CONTROL).click_and_hold()
-         .move_by_offset(40, 25).release().key_up(Keys.CONTROL).perform())
+        drag = ActionChains(driver).move_to_element_with_offset(canvas, ox, oy).key_down(Keys.CONTROL).click_and_hold()
+        for _ in range(6):  # NiiVue's windowing starts from the first move, then follows the pointer
+            drag.move_by_offset(8, 5)
+        drag.release().key_up(Keys.CONTROL).perform()
         wait.until(lambda d: d.execute_script(
             "return [window.readingRoom.nv.volumes[0].cal_min, window.readingRoom.nv.volumes[0].cal_max]") != cal)
         wait.until(lambda d: d.find_element(By.ID, "win-width").get_attribute("value") != "400")

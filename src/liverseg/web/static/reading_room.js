@@ -250,6 +250,13 @@
       $("#win-level").value = Math.round(st.level);
       $$(".rr-preset").forEach((b) => b.classList.remove("active"));
     };
+    // NiiVue's drag W/L (right or Ctrl drag) sets cal_min/max without an event: read them when the drag ends
+    canvas.addEventListener("mouseup", () => {
+      if (!api.ready) return;
+      const vol = nv.volumes[0];
+      const w = Math.max(1, vol.cal_max - vol.cal_min), l = (vol.cal_max + vol.cal_min) / 2;
+      if (Math.abs(w - st.width) > 0.5 || Math.abs(l - st.level) > 0.5) nv.onIntensityChange(vol);
+    });
     canvas.addEventListener("mousemove", (e) => {
       if (!api.ready) return;
       const t = tileAt(e);

@@ -117,10 +117,11 @@ def test_report_title_names_the_upload_not_the_storage_folder(web, tmp_path):  #
 
 
 def test_arrow_keys_and_wheel_step_the_same_way():
-    js = (Path(__file__).parents[1] / "src/liverseg/web/static/app.js").read_text()
-    keys = re.search(r"const step = \{([^}]*)\}\[e\.key\]", js).group(1)
+    # the reading room's handlers (tests/test_reading_room_browser.py drives them in Chromium too)
+    js = (Path(__file__).parents[1] / "src/liverseg/web/static/reading_room.js").read_text()
+    keys = re.search(r"const by = \{([^}]*)\}\[e\.key\]", js).group(1)
     steps = {k.strip(): int(v) for k, v in (kv.split(":") for kv in keys.split(","))}
-    wheel = re.search(r'"wheel", \(e\) => \{[^}]*e\.deltaY > 0 \? (-?\d+) : (-?\d+)', js)
+    wheel = re.search(r'step\(axis, e\.deltaY > 0 \? (-?\d+) : (-?\d+)\)', js)
     wheel_down = int(wheel.group(1))
     assert np.sign(steps["ArrowDown"]) == np.sign(wheel_down) == np.sign(steps["PageDown"])
     assert np.sign(steps["ArrowUp"]) == -np.sign(wheel_down)

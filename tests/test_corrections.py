@@ -272,3 +272,92 @@ def test_a_single_slice_study_has_no_3d_view_and_its_correction_keeps_mask_png(t
               data=_nifti_bytes(corrected, ct.affine_ras()))
     assert r.status_code == 201, r.json
     assert "mask.png" in r.json["version"]["files"] and r.json["summary"]["lesion_count"] == 0
+
+
+def test_leftovers_of_a_killed_save_are_never_served_and_are_removed_at_start(web, case, tmp_path, caplog):
+    import logging
+    import shutil
+
+    app, h = web
+    ct, labels = case
+    c, sid, _ = _study(app, h["ada"], tmp_path, ct)
+    corrected = labels.array.copy()
+    corrected[corrected == 2] = 1
+    assert c.put(f"/api/studies/{sid}/mask", headers=h["ada"],
+                 data=_nifti_bytes(corrected, ct.affine_ras())).status_code == 201
+    study = tmp_path / "data" / "studies" / sid
+    versions = study / "versions"
+    assert sorted(p.name for p in versions.iterdir()) == ["2"]  # published by one rename: no temporary left
+    v2 = {p.name: p.read_bytes() for p in (versions / "2").iterdir()}
+    v1 = {p.name: p.read_bytes() for p in (study / "output").iterdir() if p.is_file()}
+    assert "version.json" in v2 and "mask.nii.gz" in v2
+
+    # what saves killed at each step leave: a reservation, remeasure_case's partial folder, a staged folder
+    # (complete, with version.json, but never renamed into place), a numbered folder without version.json
+    # (an older save killed between its rename and its version.json), and a temporary file
+    (versions / ".reserve-3").mkdir()
+    partial = versions / "..staging-3.partial-k1ll3d"
+    partial.mkdir()
+    (partial / "mask.nii.gz").write_bytes(v2["mask.nii.gz"][:100])
+    shutil.copytree(versions / "2", versions / ".staging-4")
+    shutil.copytree(versions / "2", versions / "5")
+    (versions / "5" / "version.json").unlink()
+    (versions / "5" / ".version-x1y2").write_text("{\"version\": 5", encoding="utf-8")
+    (versions / ".version-tmp").write_text("{}", encoding="utf-8")
+
+    # before any restart: none of it is listed or served
+    body = c.get(f"/api/studies/{sid}", headers=h["ada"]).json
+    assert body["mask_version"] == 2 and [v["version"] for v in body["versions"]] == [1, 2]
+    assert [v["version"] for v in c.get(f"/api/studies/{sid}/versions", headers=h["ada"]).json["versions"]] == [1, 2]
+    for n in ("3", "4", "5", ".staging-4"):
+        assert c.get(f"/api/studies/{sid}/versions/{n}/files/mask.nii.gz", headers=h["ada"]).status_code == 404
+    assert c.get(f"/api/studies/{sid}/files/mask.nii.gz?version=5", headers=h["ada"]).status_code == 404
+    assert c.get(f"/api/studies/{sid}/files/mask.nii.gz", headers=h["ada"]).data == v2["mask.nii.gz"]
+
+    # a restart removes exactly the leftovers, and says so
+    with caplog.at_level(logging.WARNING, logger="liverseg.web.corrections"):
+        again = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
+                           predictor_factory=lambda: PhantomPredictor(labels.array))
+    assert sorted(p.name for p in versions.iterdir()) == ["2"]
+    logged = [r.getMessage() for r in caplog.records if sid in r.getMessage()]
+    assert len(logged) == 1 and "removed 5 leftover(s)" in logged[0], logged
+    for name in (".reserve-3", "..staging-3.partial-k1ll3d", ".staging-4", "5", ".version-tmp"):
+        assert name in logged[0]
+    # the complete version and the original are intact, and still served
+    assert {p.name: p.read_bytes() for p in (versions / "2").iterdir()} == v2
+    assert {p.name: p.read_bytes() for p in (study / "output").iterdir() if p.is_file()} == v1
+    c2 = again.test_client()
+    body = c2.get(f"/api/studies/{sid}", headers=h["ada"]).json
+    assert body["mask_version"] == 2 and body["summary"]["lesion_count"] == 0
+    assert c2.get(f"/api/studies/{sid}/files/mask.nii.gz", headers=h["ada"]).data == v2["mask.nii.gz"]
+    assert c2.get(f"/api/studies/{sid}/versions/1/files/mask.nii.gz", headers=h["ada"]).data == v1["mask.nii.gz"]
+    # nothing is left to remove at the next start
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="liverseg.web.corrections"):
+        create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True)
+    assert not [r for r in caplog.records if "leftover" in r.getMessage()]
+    assert sorted(p.name for p in versions.iterdir()) == ["2"]
+
+
+def test_the_start_time_cleanup_keeps_what_it_did_not_write(tmp_path, caplog):
+    import logging
+
+    from liverseg.web.corrections import clean_incomplete_versions
+
+    versions = tmp_path / "studies" / "abc123" / "versions"
+    (versions / "2").mkdir(parents=True)
+    (versions / "2" / "version.json").write_text("{\"version\": 2}", encoding="utf-8")
+    (versions / "3").mkdir()
+    (versions / "3" / "version.json").write_text("not json", encoding="utf-8")  # damaged: kept, logged
+    (versions / "1").mkdir()  # not a correction's number
+    (versions / "notes").mkdir()  # not ours
+    (versions / "6").mkdir()  # incomplete
+    (tmp_path / "studies" / "abc123" / "output").mkdir()
+    (tmp_path / "studies" / "abc123" / "output" / "mask.nii.gz").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="liverseg.web.corrections"):
+        removed = clean_incomplete_versions(tmp_path)
+    assert removed == [versions / "6"]
+    assert sorted(p.name for p in versions.iterdir()) == ["1", "2", "3", "notes"]
+    assert (tmp_path / "studies" / "abc123" / "output" / "mask.nii.gz").is_file()
+    assert any("unreadable version.json" in r.getMessage() for r in caplog.records)
+    assert clean_incomplete_versions(tmp_path / "nowhere") == []

@@ -5,7 +5,14 @@ A study's folder keeps every version; none is ever overwritten::
     studies/<id>/output/              version 1: what the model's job wrote (run_case)
     studies/<id>/versions/<n>/        version n >= 2: a corrected mask, re-measured (remeasure_case),
                                       with version.json (who, when, based on which version)
+    studies/<id>/versions/.<name>     a save in progress (reservation, staging folder); never listed
     studies/<id>/viewer/ct.nii.gz     the CT as the job read it, as NIfTI for the page's viewer (a cache)
+
+A version is published by one ``rename`` of a complete folder that already holds its
+``version.json``, so ``versions/<n>/`` appears whole or not at all; ``version.json`` is the
+version's "complete" mark (there is no database row for versions). What a killed save leaves
+behind (dot-named entries, a numbered folder without ``version.json``) is never listed or
+served, and :func:`clean_incomplete_versions` removes it when the app starts.
 
 The newest version is the one shown and downloaded unless another is asked for
 (``?version=N``). Saving a correction (``PUT /studies/<id>/mask`` from the page with its
@@ -36,7 +43,8 @@ from liverseg.web.uploads import output_dir, study_dir
 from liverseg.web.views import OUTPUT_FILES, _own_study, ctx, login_required, study_json
 
 __all__ = ["MaskVersion", "bp", "api_bp", "list_versions", "resolve_version", "version_dir", "version_files",
-           "version_report", "save_correction", "viewer_ct_path", "file_mime", "file_label", "MAX_VERSIONS"]
+           "version_report", "save_correction", "clean_incomplete_versions", "viewer_ct_path",
+           "file_mime", "file_label", "MAX_VERSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +92,25 @@ def version_dir(data_dir: Path, study_id: str, number: int) -> Path:
     return study_dir(data_dir, study_id) / VERSIONS_DIR / str(int(number))
 
 
+def _version_number(name: str) -> int | None:
+    """The number a folder name under ``versions/`` stands for (``"3"`` -> 3), or None (``.reserve-3``, ...)."""
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
 def list_versions(data_dir: Path, study: Study) -> list[MaskVersion]:
-    """The study's mask versions, oldest first (empty while the job has not finished)."""
+    """The study's complete mask versions, oldest first (empty while the job has not finished).
+
+    A correction counts only once its folder holds ``version.json``: a save in progress or one
+    killed half-way is never listed, so never shown or served.
+    """
     if study.status != "done":
         return []
     job = study.job
     out = [MaskVersion(1, "model", job.finished_at if job else None)]
     root = study_dir(data_dir, study.id) / VERSIONS_DIR
     if root.is_dir():
-        numbers = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / VERSION_FILE).is_file())
+        numbers = sorted(n for p in root.iterdir() if (n := _version_number(p.name)) is not None and n >= 2
+                         and (p / VERSION_FILE).is_file())
         for n in numbers:
             try:
                 meta = json.loads((root / str(n) / VERSION_FILE).read_text(encoding="utf-8"))
@@ -323,22 +341,24 @@ def save_correction(
             edit = {"version": number, "edited_by": edited_by, "created_at": created, "based_on": base,
                     "changed_voxels": changed, "source": source, "note": note}
             out = root / str(number)
+            staging = root / f".staging-{number}"  # dot-named: never listed; removed at start if left
             try:
-                remeasure_case(ct=ct, labels=labels, out_dir=out, source_path=input_path(data_dir, study.id),
+                remeasure_case(ct=ct, labels=labels, out_dir=staging, source_path=input_path(data_dir, study.id),
                                run_info=run_info, edit=edit)
-                fd, tmp = tempfile.mkstemp(dir=out, prefix=".version-")
+                fd, tmp = tempfile.mkstemp(dir=staging, prefix=".version-")
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     json.dump(edit, fh, indent=2)
                 os.chmod(tmp, 0o644)
-                os.replace(tmp, out / VERSION_FILE)  # the version counts from here on
+                os.replace(tmp, staging / VERSION_FILE)
+                os.rename(staging, out)  # the version counts from here on: one rename of a complete folder
             except OSError as exc:
-                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(staging, ignore_errors=True)
                 if is_disk_full(exc):
                     raise ResourceError("the server's disk is full, so the corrected mask could not be saved; "
                                         "nothing was changed. Try again later") from exc
                 raise
             except BaseException:
-                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(staging, ignore_errors=True)
                 raise
         finally:
             (root / f".reserve-{number}").rmdir()
@@ -346,10 +366,76 @@ def save_correction(
     return MaskVersion(number, "correction", created, edited_by, base, changed, source, note)
 
 
+# --------------------------------------------------------------------------- leftovers of killed saves
+
+
+def clean_incomplete_versions(data_dir: Path) -> list[Path]:
+    """Remove what saves killed half-way left under ``studies/*/versions/``; return the removed paths.
+
+    Removed: every dot-named entry there (``.reserve-<n>`` reservations, ``.staging-<n>``
+    folders, remeasure_case's ``.<name>.partial-*`` folders, temporary files) and every
+    numbered folder without ``version.json`` (a version is complete only with it). Kept, always:
+    the study folders, ``output/`` (version 1), every complete version, and anything else: a
+    numbered folder whose ``version.json`` is unreadable (logged), a link with a number's name,
+    names that are neither dot-named nor numbers.
+
+    Run it only while no save can be under way: when the server starts, which holds the data
+    folder's lock (:class:`liverseg.web.lock.DataDirLock`), before it serves requests. One log
+    line per study names what was removed.
+    """
+    studies = Path(data_dir) / "studies"
+    removed: list[Path] = []
+    if not studies.is_dir():
+        return removed
+    for study in sorted(studies.iterdir()):
+        root = study / VERSIONS_DIR
+        if study.is_symlink() or root.is_symlink() or not root.is_dir():
+            continue
+        gone: list[Path] = []
+        for entry in sorted(root.iterdir()):
+            number = _version_number(entry.name)
+            if entry.name.startswith("."):
+                pass  # a reservation, a staging or partial folder, a temporary file
+            elif number is not None and number >= 2 and entry.is_dir() and not entry.is_symlink():
+                marker = entry / VERSION_FILE
+                if marker.is_file():
+                    try:
+                        json.loads(marker.read_text(encoding="utf-8"))
+                    except (OSError, ValueError):
+                        log.warning("study %s: mask version folder %s has an unreadable %s; kept, not shown. Check "
+                                    "or remove it by hand", study.name, entry.name, VERSION_FILE)
+                    continue  # a complete version
+                if marker.exists() or marker.is_symlink():
+                    continue  # not a file we wrote; leave it to a person
+            else:
+                continue  # not ours
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError as exc:
+                log.warning("study %s: could not remove the unfinished mask version leftover %s (%s); it is not "
+                            "shown. Remove it by hand", study.name, entry.name, type(exc).__name__)
+                continue
+            gone.append(entry)
+        if gone:
+            log.warning("study %s: removed %d leftover(s) of interrupted mask version saves: %s", study.name,
+                        len(gone), ", ".join(p.name for p in gone))
+            removed += gone
+    return removed
+
+
 # --------------------------------------------------------------------------- routes
 
 bp = Blueprint("corrections", __name__)
 api_bp = Blueprint("corrections_api", __name__, url_prefix="/api")
+
+
+@bp.record_once
+def _clean_at_start(state: Any) -> None:
+    """At app start (``create_app`` registers this blueprint before serving): remove killed saves' leftovers."""
+    clean_incomplete_versions(state.app.extensions["liverseg"].data_dir)
 
 
 def _received_mask(tmp_dir: Path) -> Path:

@@ -43,7 +43,7 @@ from liverseg.web.uploads import output_dir, study_dir
 from liverseg.web.views import OUTPUT_FILES, _own_study, ctx, login_required, study_json
 
 __all__ = ["MaskVersion", "bp", "api_bp", "list_versions", "resolve_version", "version_dir", "version_files",
-           "version_report", "save_correction", "clean_incomplete_versions", "viewer_ct_path",
+           "version_report", "shown_numbers", "save_correction", "clean_incomplete_versions", "viewer_ct_path",
            "file_mime", "file_label", "MAX_VERSIONS"]
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,26 @@ def version_report(data_dir: Path, study: Study, version: MaskVersion, store: An
         return json.loads((version_dir(data_dir, study.id, version.number) / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def shown_numbers(data_dir: Path, study: Study, *, store: Any) -> tuple[dict[str, Any], MaskVersion | None]:
+    """The key numbers of the version a study shows by default (its newest), and that version if it is a correction.
+
+    Returns:
+        ``(summary, correction)``: ``summary`` has ``liver_volume_ml`` (mL), ``lesion_count``,
+        ``tumor_volume_ml`` (mL) and ``tumor_burden_pct`` (% of the liver volume): the store's
+        (the model's) numbers while the study has no correction, else those of the newest
+        version's ``report.json`` (None where it cannot be read); ``correction`` is that newest
+        version, or None when the numbers are the model's.
+    """
+    from liverseg.web.jobs import summarize_report
+
+    model = {"liver_volume_ml": study.liver_volume_ml, "lesion_count": study.lesion_count,
+             "tumor_volume_ml": study.tumor_volume_ml, "tumor_burden_pct": study.tumor_burden_pct}
+    versions = list_versions(data_dir, study)
+    if not versions or versions[-1].number == 1:
+        return model, None
+    return summarize_report(version_report(data_dir, study, versions[-1], store)), versions[-1]
 
 
 def _output_names() -> dict[str, tuple[str, str]]:

@@ -8,7 +8,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import (
     Blueprint,
@@ -31,7 +31,10 @@ from liverseg.web.store import Study, User
 from liverseg.web.uploads import new_study_id, parse_pixel_size, save_upload, study_dir, write_study_options
 from liverseg.web.viewer import WINDOW_PRESETS
 
-__all__ = ["bp", "OUTPUT_FILES", "ctx", "create_study", "delete_study_files", "study_json"]
+if TYPE_CHECKING:
+    from liverseg.web.corrections import MaskVersion
+
+__all__ = ["bp", "OUTPUT_FILES", "ctx", "create_study", "delete_study_files", "study_json", "history_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -503,12 +506,31 @@ def slice_png(study_id: str, z: int) -> Any:
 # --------------------------------------------------------------------------- history
 
 
+def history_rows(studies: list[Study]) -> list[tuple[Study, MaskVersion | None]]:
+    """Each study with the numbers of the version it shows (the newest), and that version when it is a correction.
+
+    The store keeps the model's numbers; a study with a saved correction lists its newest
+    version's liver volume (mL), lesion count, tumor volume (mL) and burden (%) instead, as
+    its dashboard and ``study_json`` do.
+    """
+    import dataclasses
+
+    from liverseg.web.corrections import shown_numbers
+
+    c = ctx()
+    rows: list[tuple[Study, MaskVersion | None]] = []
+    for s in studies:
+        summary, correction = shown_numbers(c.data_dir, s, store=c.store)
+        rows.append((dataclasses.replace(s, **summary) if correction is not None else s, correction))
+    return rows
+
+
 @bp.route("/history")
 @login_required
 def history() -> Any:
     q = request.args.get("q", "").strip()[:200]
     studies = ctx().store.studies(user_id=g.user.id, search=q)
-    return render_template("history.html", studies=studies, q=q)
+    return render_template("history.html", rows=history_rows(studies), q=q)
 
 
 # --------------------------------------------------------------------------- account and admin

@@ -2,8 +2,10 @@
 a lesion picked in the table is outlined and highlighted, a correction drawn with the mouse is saved as a
 new mask version that the API lists, with new numbers.
 
-A phantom study (48 x 128 x 128, two lesions) keeps it fast; the job's predictor returns the phantom's
-labels, so the numbers before the correction are known. Needs Debian's chromium + chromium-driver and the
+Two studies go through the same steps: a phantom (48 x 128 x 128, two lesions; fast, no data needed) and
+a real CT, 3D-IRCADb 1.17 (512 x 512 x 119, two liver metastases), uploaded as its DICOM zip like a user
+would. The job's predictor returns the known labels (the phantom's; the expert mask of the real case), so
+the numbers before the correction are known and the test does not depend on the model. Needs Debian's chromium + chromium-driver and the
 viewer installed by ``make`` (``npm ci``); skipped with the reason otherwise. Screenshots go to
 docs/screenshots/ (reading-room.png, reading-room-corrected.png).
 """
@@ -62,11 +64,28 @@ def _driver(tmp_path: Path):
     return driver
 
 
-@pytest.fixture()
-def served(tmp_path):
+def _phantom_study(tmp_path: Path):
+    ct, labels = phantom(shape=(48, 128, 128), spacing=(2.5, 1.2, 1.2), lesions=((9.0, None), (6.0, None)), seed=5)
+    return write_volume(ct, tmp_path / "phantom.nii.gz"), ct, labels
+
+
+def _real_study(tmp_path: Path):
+    from conftest import SHARED_DATA
+    from liverseg.training import find_cases
+
+    folder = SHARED_DATA / "labeled" / "3Dircadb1.17"
+    if not (folder / "PATIENT_DICOM.zip").is_file():
+        pytest.skip(f"real CT data not found at {folder} (only present in the liverseg workplace)")
+    (case,) = find_cases(folder, layout="ircadb")
+    ct, labels = case.load()
+    return folder / "PATIENT_DICOM.zip", ct, labels
+
+
+@pytest.fixture(params=["phantom", "3Dircadb1.17"])
+def served(request, tmp_path):
     from waitress.server import create_server
 
-    ct, labels = phantom(shape=(48, 128, 128), spacing=(2.5, 1.2, 1.2), lesions=((9.0, None), (6.0, None)), seed=5)
+    upload, ct, labels = (_phantom_study if request.param == "phantom" else _real_study)(tmp_path)
     app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None,  # a busy machine
                      predictor_factory=lambda: PhantomPredictor(labels.array))
     store = app.extensions["liverseg"].store
@@ -75,9 +94,9 @@ def served(tmp_path):
     store.add_token(store.user_by_name("radiologist").id, token)
     api = app.test_client()
     h = {"Authorization": f"Bearer {token}"}
-    path = write_volume(ct, tmp_path / "phantom.nii.gz")
-    sid = api.post("/api/studies", headers=h, data={"files": (open(path, "rb"), "phantom.nii.gz")},
-                   content_type="multipart/form-data").json["id"]
+    with open(upload, "rb") as f:
+        sid = api.post("/api/studies", headers=h, data={"files": (f, upload.name)},
+                       content_type="multipart/form-data").json["id"]
     assert app.extensions["liverseg"].pool.run_pending() == 1
     assert api.get(f"/api/studies/{sid}", headers=h).json["status"] == "done"
     srv = create_server(app, host="127.0.0.1", port=0, threads=4)
@@ -146,6 +165,7 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         _t('driver.get(f"{base}/studies/{s')
         driver.get(f"{base}/studies/{sid}")
         _wait_ready(driver)
+        _t(f"viewer ready; its own timings (ms since start): {driver.execute_script('return window.readingRoom.timings_ms')}")
         assert "Mask version 1" in driver.find_element(By.ID, "version-bar").text
         assert driver.execute_script("return window.readingRoom.nv3d.meshes.length") == 3  # liver + 2 lesions
 
@@ -176,6 +196,25 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         assert driver.find_element(By.ID, "win-width").get_attribute("value") == "1800"
         assert driver.execute_script("return window.readingRoom.nv.volumes[0].cal_max") == pytest.approx(1300)
         driver.find_element(By.CSS_SELECTOR, ".rr-preset[data-preset='abdomen']").click()
+        # mouse-drag W/L: a right-button drag on the axial view changes width and level (NiiVue's windowing)
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+        from selenium.webdriver.common.actions.mouse_button import MouseButton
+
+        assert driver.find_element(By.ID, "win-width").get_attribute("value") == "400"
+        drag = ActionBuilder(driver)
+        drag.pointer_action.move_to(canvas, ox, oy).pointer_down(MouseButton.RIGHT)
+        for _ in range(6):
+            drag.pointer_action.move_by(12, -8)
+        drag.pointer_action.pointer_up(MouseButton.RIGHT)
+        drag.perform()
+        wait.until(lambda d: d.find_element(By.ID, "win-width").get_attribute("value") != "400")
+        dragged = (float(driver.find_element(By.ID, "win-width").get_attribute("value")),
+                   float(driver.find_element(By.ID, "win-level").get_attribute("value")))
+        cal = driver.execute_script("const v = window.readingRoom.nv.volumes[0]; return [v.cal_min, v.cal_max]")
+        assert dragged[0] == pytest.approx(cal[1] - cal[0], abs=1) and dragged[1] == pytest.approx(sum(cal) / 2, abs=1)
+        assert not driver.find_elements(By.CSS_SELECTOR, ".rr-preset.active")  # no preset is shown as active
+        driver.find_element(By.CSS_SELECTOR, ".rr-preset[data-preset='abdomen']").click()
+        assert driver.find_element(By.ID, "win-width").get_attribute("value") == "400"
         # the colour-blind-safe palette recolours the overlay (NiiVue's drawing LUT: label 1 = liver)
         from selenium.webdriver.support.ui import Select
 
@@ -223,7 +262,8 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
 
         stroke()
         wait.until(lambda d: d.find_element(By.ID, "rr-save").is_enabled())
-        count_tumor = "return Array.from(window.readingRoom.nv.drawBitmap).filter(v => v === 2 || v === 3).length"
+        count_tumor = ("const b = window.readingRoom.nv.drawBitmap; let n = 0;"
+                       "for (let i = 0; i < b.length; i++) if (b[i] === 2 || b[i] === 3) n++; return n")
         painted = driver.execute_script(count_tumor)
         assert painted > before["report"]["analysis"]["tumor_voxel_count"]
         driver.find_element(By.ID, "rr-undo").click()  # undo takes the stroke back ...
@@ -254,6 +294,13 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         assert int(np.count_nonzero(mask2 == 2)) == after["report"]["analysis"]["tumor_voxel_count"] == painted
         assert after["summary"]["tumor_volume_ml"] > before["summary"]["tumor_volume_ml"]
         assert mask2.shape == ct.shape
+        # ... and a new report: version 2's report.json/HTML/PDF carry the corrected numbers and say who corrected it
+        assert {"report.json", "report.html", "report.pdf", "lesions.csv"} <= set(v2["files"])
+        doc = api.get(f"/api/studies/{sid}/versions/2/files/report.json", headers=h).json
+        assert doc["analysis"]["tumor_voxel_count"] == painted
+        html = api.get(f"/api/studies/{sid}/versions/2/files/report.html", headers=h).data.decode("utf-8")
+        assert "corrected by hand (version 2, by radiologist" in html
+        assert api.get(f"/api/studies/{sid}/versions/2/files/report.pdf", headers=h).data[:5] == b"%PDF-"
         logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not logs, logs
     finally:

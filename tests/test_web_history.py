@@ -87,3 +87,14 @@ def test_history_and_api_listing_show_the_corrected_numbers_and_who_edited(tmp_p
     # the original's numbers are still the store's, and its version 1 is intact
     assert store.study(sid).lesion_count == 2
     assert c.get(f"/api/studies/{sid}/versions/1/files/mask.nii.gz", headers=h).status_code == 200
+
+    # the comparison picker of a later study lists the baseline with its corrected lesion count (the version it compares)
+    import time
+
+    time.sleep(0.01)  # created_at orders baseline before follow-up
+    _, later, _ = _study(app, h, tmp_path, ct, name="later.nii.gz")
+    pick = page.get(f"/studies/{later}/compare").text
+    m = re.search(rf'value="{sid}".*?</tr>', pick, re.S)
+    assert m, pick
+    counts = re.findall(r'<td class="n">(.*?)</td>', m.group(0), re.S)
+    assert counts and counts[0].startswith("1 ") and "v2" in counts[0], counts

@@ -266,7 +266,10 @@ def _patient_key(study_id: str) -> str | None:
 
 def candidates(study: Study) -> tuple[list[dict[str, Any]], int]:
     """Earlier finished studies of the same user to compare ``study`` with, and how many were hidden
-    because their DICOM PatientID differs from this study's."""
+    because their DICOM PatientID differs from this study's. Each row's lesion count is that of the
+    study's newest mask version (the one a comparison uses), its number in ``version``."""
+    from liverseg.web.corrections import shown_numbers
+
     own = _patient_key(study.id)
     out, hidden = [], 0
     for s in ctx().store.studies(user_id=g.user.id):
@@ -276,8 +279,10 @@ def candidates(study: Study) -> tuple[list[dict[str, Any]], int]:
         if own is not None and other is not None and other != own:
             hidden += 1
             continue
+        numbers, correction = shown_numbers(ctx().data_dir, s, store=ctx().store)
         out.append({"study": s, "same_patient": own is not None and other == own,
-                    "patient_unknown": own is None or other is None})
+                    "patient_unknown": own is None or other is None,
+                    "lesion_count": numbers.get("lesion_count"), "version": correction.number if correction else 1})
     out.sort(key=lambda x: (not x["same_patient"], x["study"].created_at), reverse=False)
     return out, hidden
 

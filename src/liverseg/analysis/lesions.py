@@ -2,8 +2,9 @@
 
 Everything here is a pure function of a label :class:`~liverseg.io.Volume` (0 background,
 1 liver, 2 tumor) and, optionally, the CT it was drawn on. Results are dataclasses whose
-``to_dict()`` is JSON-able, with units in the field names. A value that cannot be computed
-is ``None`` and its reason is in ``reasons`` (never a silent 0).
+``to_dict()`` is JSON-able, with units in the field names, and whose ``from_dict()`` builds
+them again from it (report.json's ``"analysis"``: ``Analysis.from_dict(a.to_dict()) == a``).
+A value that cannot be computed is ``None`` and its reason is in ``reasons`` (never a silent 0).
 
 Conventions:
 
@@ -62,6 +63,18 @@ class Flag:
     code: str
     message: str
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Flag":
+        """The Flag that :meth:`to_dict` gave ``d``.
+
+        Raises:
+            ValueError: ``d`` is not a dict with ``code`` and ``message``.
+        """
+        return cls(**_fields_of(cls, d))
+
 
 @dataclasses.dataclass(frozen=True)
 class Lesion:
@@ -101,6 +114,24 @@ class Lesion:
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Lesion":
+        """The Lesion that :meth:`to_dict` gave ``d`` (lists back to the tuples the fields hold).
+
+        Keys unknown to this version are ignored; fields with a default (``confidence``, ...)
+        may be absent (reports written before they existed).
+
+        Raises:
+            ValueError: ``d`` is not a dict or lacks a field without a default.
+        """
+        f = _fields_of(cls, d)
+        for name in ("long_axis_endpoints_px", "short_axis_endpoints_px"):
+            f[name] = _tuple_of_tuples(f[name])
+        for name in ("slice_range", "centroid_voxel", "centroid_lps_mm"):
+            f[name] = _tuple(f[name])
+        f["reasons"] = dict(f.get("reasons") or {})
+        return cls(**f)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +173,53 @@ class Analysis:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists, numpy scalars become Python numbers)."""
         return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Analysis":
+        """The Analysis that :meth:`to_dict` gave ``d`` (e.g. report.json's ``"analysis"``).
+
+        The exact inverse for what ``to_dict`` stores: ``Analysis.from_dict(a.to_dict()) == a``
+        (a value that was not finite is ``None`` in the dict, and stays ``None``). Keys
+        unknown to this version are ignored.
+
+        Raises:
+            ValueError: ``d`` is not such a dict (a field is missing, a lesion or flag is not a dict).
+        """
+        f = _fields_of(cls, d)
+        f["shape"] = _tuple(f["shape"])
+        f["spacing_mm"] = _tuple(f["spacing_mm"])
+        for name, item in (("lesions", Lesion), ("flags", Flag)):
+            values = f[name]
+            if not isinstance(values, list):
+                raise ValueError(f"analysis[{name!r}] must be a list; got {type(values).__name__}")
+            f[name] = [item.from_dict(v) for v in values]
+        f["notes"] = list(f["notes"])
+        f["reasons"] = dict(f.get("reasons") or {})
+        return cls(**f)
+
+
+def _fields_of(cls: type, d: Any) -> dict[str, Any]:
+    """The values of ``cls``'s dataclass fields in ``d`` (others ignored); ValueError naming a missing one."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {cls.__name__} is read from a dict (its to_dict()); got {type(d).__name__}")
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in d:
+            out[field.name] = d[field.name]
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ValueError(f"the {cls.__name__} dict has no {field.name!r}; it is not a {cls.__name__}.to_dict() "
+                             "(a report.json written by liverseg holds one under 'analysis')")
+    return out
+
+
+def _tuple(value: Any) -> Any:
+    """A JSON list back to a tuple (None stays None)."""
+    return None if value is None else tuple(value)
+
+
+def _tuple_of_tuples(value: Any) -> Any:
+    """[[y, x], [y, x]] back to ((y, x), (y, x)) (None stays None)."""
+    return None if value is None else tuple(tuple(p) for p in value)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -197,6 +197,8 @@ def write_comparison_pdf(path: str | Path, result: "Comparison", *, images: dict
     import matplotlib.image as mpimg
     from matplotlib.backends.backend_pdf import PdfPages
 
+    from liverseg.reporting.pdf import draw_table
+
     a4 = (8.27, 11.69)
     path = Path(path)
     with PdfPages(path) as pdf:
@@ -239,24 +241,11 @@ def write_comparison_pdf(path: str | Path, result: "Comparison", *, images: dict
         text("Lesion changes", size=11, weight="bold", gap=0.004)
         head, rows = change_rows(result)
         if rows:
-            row_h, head_h = 0.0175, 0.045
-            n_fit = max(1, int((y - 0.06 - head_h) / row_h))
-            shown = rows if len(rows) <= n_fit else rows[: max(1, n_fit - 1)]
-            h = head_h + row_h * len(shown)
-            ax = fig.add_axes((0.03, y - h, 0.94, h))
-            ax.axis("off")
-            tab = ax.table(cellText=shown, colLabels=["\n".join(textwrap.wrap(s, 10)) for s in head],
-                           loc="upper left", cellLoc="center")
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(6.5)
-            for (row, _c), cell in tab.get_celld().items():
-                cell.set_height((head_h if row == 0 else row_h) / h)
-                if row == 0:
-                    cell.set_facecolor("#eeeeee")
-                    cell.set_text_props(fontweight="bold")
+            h, shown = draw_table(fig, head, rows, top=y, bottom=0.06, left=0.03, width=0.94, head_h=0.045,
+                                  font_size=6.5, head_wrap=10)
             y -= h + 0.01
-            if len(rows) > len(shown):
-                text(f"... and {len(rows) - len(shown)} more (see lesion_changes.csv)", size=8)
+            if len(rows) > shown:
+                text(f"... and {len(rows) - shown} more (see lesion_changes.csv)", size=8)
         else:
             text("No lesion on either scan.", size=9)
         pdf.savefig(fig)

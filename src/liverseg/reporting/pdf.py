@@ -1,18 +1,38 @@
 """report.pdf for the referring physician, drawn with matplotlib's PdfPages (no extra dependency).
 
 Page 1: summary, notes, flags, lesion table, model; page 2: overlay and montage images.
-A4 portrait.
+A4 portrait. The file is written under a temporary name in its folder and renamed, so a
+reader never sees half a PDF.
+
+:func:`write_report_pdf_from_folder` draws the same PDF later from a case folder (its
+report.json, overlay.png and montage.png): what the web app does on a report's first
+download, since its jobs skip the PDF (``run_case(..., pdf=False)``).
+
+>>> write_report_pdf_from_folder("out/volume-17")  # doctest: +SKIP
+PosixPath('out/volume-17/report.pdf')
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import secrets
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from liverseg.analysis import LIVER_VOLUME_NOTE, Analysis
+from liverseg.errors import InputError
 
-__all__ = ["write_report_pdf"]
+__all__ = ["PDF_FILE", "draw_table", "write_report_pdf", "write_report_pdf_from_folder"]
+
+log = logging.getLogger(__name__)
+
+#: The report's PDF in a case folder.
+PDF_FILE = "report.pdf"
+#: The images a report's page 2 shows: key -> file name in the case folder.
+IMAGE_FILES = {"overlay": "overlay.png", "montage": "montage.png"}
 
 _A4 = (8.27, 11.69)
 
@@ -21,14 +41,133 @@ def _wrap(text: str, width: int = 100) -> str:
     return "\n".join(textwrap.wrap(text, width=width)) or text
 
 
-def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, Any], *, images: dict[str, Path]) -> Path:
-    """Write report.pdf; ``images`` maps ``overlay``/``montage`` to PNG files to include."""
-    import matplotlib
+def draw_table(
+    fig: Any,
+    head: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    top: float,
+    bottom: float,
+    left: float,
+    width: float,
+    head_h: float,
+    row_h: float = 0.0175,
+    font_size: float = 7.5,
+    head_wrap: int = 11,
+) -> tuple[float, int]:
+    """Draw a table on ``fig`` from ``top`` down with fixed row heights, as many rows as fit above ``bottom``.
 
-    matplotlib.use("Agg", force=False)
+    The report's lesion table and the comparison's change table. A table scaled into a smaller
+    box overflowed it (over the text below), so rows keep ``row_h`` and the ones that do not
+    fit are left out; when any are, one row's room is kept for the caller's "... and N more" line.
+
+    Args:
+        fig: a matplotlib Figure.
+        head: column titles (wrapped at ``head_wrap`` characters, bold on grey).
+        rows: the cells, as text.
+        top, bottom: the table's top edge and the lowest it may reach (fractions of the page height, 0 at the bottom).
+        left, width: its left edge and width (fractions of the page width).
+        head_h, row_h: the heights of the title row and of each row (fractions of the page height).
+        font_size: the cells' font size (points).
+        head_wrap: the titles' line length (characters).
+
+    Returns:
+        ``(height, shown)``: the table's height (fraction of the page height) and how many rows it shows.
+    """
+    n_fit = max(1, int((top - bottom - head_h) / row_h))
+    shown = list(rows) if len(rows) <= n_fit else list(rows[: max(1, n_fit - 1)])  # room for "... more"
+    h = head_h + row_h * len(shown)
+    ax = fig.add_axes((left, top - h, width, h))
+    ax.axis("off")
+    labels = ["\n".join(textwrap.wrap(s, head_wrap)) for s in head]  # short lines fit the columns
+    tab = ax.table(cellText=shown, colLabels=labels, loc="upper left", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(font_size)
+    for (r, _c), cell in tab.get_celld().items():
+        cell.set_height((head_h if r == 0 else row_h) / h)
+        if r == 0:
+            cell.set_facecolor("#eeeeee")
+            cell.set_text_props(fontweight="bold")
+    return h, len(shown)
+
+
+def _open_temporary(path: Path) -> tuple[Path, Any]:
+    """A new file beside ``path`` under a dot-name (mode 0666 less the umask), open for writing in binary."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        return tmp, os.fdopen(fd, "wb")
+
+
+def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, Any], *, images: dict[str, Path]) -> Path:
+    """Write report.pdf; ``images`` maps ``overlay``/``montage`` to PNG files to include.
+
+    Written to a temporary name in ``path``'s folder and renamed onto ``path`` (``os.replace``):
+    ``path`` is the old file or the whole new one, never half of one; a failure removes the
+    temporary file and raises.
+    """
+    path = Path(path)
+    tmp, fh = _open_temporary(path)
+    try:
+        with fh:
+            _draw_report_pdf(fh, analysis, run_info, images=images)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report_pdf_from_folder(folder: str | os.PathLike[str], *, name: str = PDF_FILE) -> Path:
+    """Draw a case folder's report.pdf from its report.json, overlay.png and montage.png.
+
+    The same pages and tables as the PDF ``run_case`` writes at case time: the measurements are
+    ``Analysis.from_dict(report["analysis"])``, the run record ``report["run"]`` (what the PDF
+    prints of it, model name / version / sha256, case, input, versions, device, note, is kept
+    there), the images those of the folder (a missing one is left out, as at case time).
+    Written atomically (see :func:`write_report_pdf`); an existing PDF is replaced.
+
+    Args:
+        folder: a case folder (``run_case``'s ``out_dir``, a web study's ``output/`` or a mask version's folder).
+        name: the PDF's file name in ``folder``.
+
+    Returns:
+        the PDF's path.
+
+    Raises:
+        InputError: ``folder`` holds no readable report.json, or one without an ``analysis``.
+    """
+    folder = Path(folder)
+    source = folder / "report.json"
+    try:
+        doc = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{folder} holds no report.json, so its PDF cannot be drawn; run the case first") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{source} cannot be read ({exc}); run the case again to write a new one") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("analysis"), dict):
+        raise InputError(f"{source} holds no 'analysis'; it is not a liverseg report. Run the case again")
+    try:
+        analysis = Analysis.from_dict(doc["analysis"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{source}: its 'analysis' cannot be read ({exc}); run the case again") from None
+    run_info = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+    images = {key: folder / file for key, file in IMAGE_FILES.items() if (folder / file).is_file()}
+    path = write_report_pdf(folder / name, analysis, run_info, images=images)
+    log.info("report.pdf drawn from %s", source)
+    return path
+
+
+def _draw_report_pdf(target: Any, analysis: Analysis, run_info: dict[str, Any], *, images: dict[str, Path]) -> None:
+    """Draw the report's two pages into ``target`` (a path or a binary file object)."""
+    # Figures made directly, not through pyplot: pyplot's global figure list is not thread-safe, and the
+    # web server draws PDFs in its request threads (two studies' first downloads at once)
     import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.figure import Figure
 
     from liverseg.reporting.report import (
         DISCLAIMER,
@@ -39,11 +178,10 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
         summary_rows,
     )
 
-    path = Path(path)
     model = model_info(run_info)
-    with PdfPages(path) as pdf:
+    with PdfPages(target) as pdf:
         # ---------------------------------------------------------------- page 1
-        fig = plt.figure(figsize=_A4)
+        fig = Figure(figsize=_A4)
         y = 0.965
 
         def text(s: str, *, size: float = 9, weight: str = "normal", color: str = "black", gap: float = 0.0) -> None:
@@ -74,26 +212,12 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
         text("Lesions", size=11, weight="bold", gap=0.004)
         head, rows = lesion_table(analysis)
         if rows:
-            # rows of a fixed height, as many as fit above the footnote and the model lines
-            # (a table scaled into a smaller box overflowed it, over the text below)
-            row_h, head_h = 0.0175, 0.048  # fractions of the page height
-            n_fit = max(1, int((y - 0.21 - head_h) / row_h))
-            shown = rows if len(rows) <= n_fit else rows[: max(1, n_fit - 1)]  # room for "... more lesions"
-            h = head_h + row_h * len(shown)
-            ax = fig.add_axes((0.06, y - h, 0.88, h))
-            ax.axis("off")
-            labels = ["\n".join(textwrap.wrap(h, 11)) for h in head]  # short lines fit the columns
-            tab = ax.table(cellText=shown, colLabels=labels, loc="upper left", cellLoc="center")
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(7.5)
-            for (r, _c), cell in tab.get_celld().items():
-                cell.set_height((head_h if r == 0 else row_h) / h)
-                if r == 0:
-                    cell.set_facecolor("#eeeeee")
-                    cell.set_text_props(fontweight="bold")
+            # as many rows as fit above the footnote and the model lines
+            h, shown = draw_table(fig, head, rows, top=y, bottom=0.21, left=0.06, width=0.88, head_h=0.048,
+                                  font_size=7.5, head_wrap=11)
             y -= h + 0.012
-            if len(rows) > len(shown):
-                text(f"... and {len(rows) - len(shown)} more lesions (see lesions.csv)", size=8)
+            if len(rows) > shown:
+                text(f"... and {len(rows) - shown} more lesions (see lesions.csv)", size=8)
             text(
                 _wrap(
                     "RECIST 1.1: measurable = longest axial diameter ≥ 10 mm (2 × slice thickness when slices are "
@@ -121,10 +245,9 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
             lines.append(" · ".join(extra))
         fig.text(0.06, 0.03, "\n".join(lines), fontsize=7, color="#444444", va="bottom", family="monospace")
         pdf.savefig(fig)
-        plt.close(fig)
 
         # ---------------------------------------------------------------- page 2
-        fig = plt.figure(figsize=_A4)
+        fig = Figure(figsize=_A4)
         fig.text(0.06, 0.97, "Images", fontsize=12, fontweight="bold", va="top")
         fig.text(
             0.06,
@@ -144,8 +267,6 @@ def write_report_pdf(path: str | Path, analysis: Analysis, run_info: dict[str, A
             ax.axis("off")
         fig.text(0.5, 0.012, _wrap(DISCLAIMER, 130), fontsize=6.5, ha="center", va="bottom", color="#b00000")
         pdf.savefig(fig)
-        plt.close(fig)
         d = pdf.infodict()
         d["Title"] = "liverseg report" + (f" {case}" if case else "")
         d["Creator"] = "liverseg"
-    return path

@@ -9,6 +9,10 @@ folder holds::
     seg.dcm            DICOM inputs only: a DICOM SEG referencing the source series
     report.json, lesions.csv, overlay.png, montage.png, report.html, report.pdf   (liverseg.reporting)
 
+With ``pdf=False`` (the web app's jobs) report.pdf is left out and report.json's ``files``
+says ``"pdf_on_demand": true`` (no ``"pdf"``): :func:`liverseg.reporting.pdf.write_report_pdf_from_folder`
+draws the same PDF from the folder when it is first wanted.
+
 Everything is written to a hidden temporary folder beside ``out_dir`` and renamed at
 the end, so a case that fails leaves nothing behind.
 """
@@ -174,6 +178,7 @@ def run_case(
     progress: Callable[[str, float], None] | None = None,
     note: str | None = None,
     pixel_size_mm: float | None = None,
+    pdf: bool = True,
 ) -> dict[str, Any]:
     """Segment one case and write its folder ``out_dir`` (see the module docstring for the files).
 
@@ -189,6 +194,10 @@ def run_case(
         pixel_size_mm: the pixel size (mm) of a PNG/JPEG slice, which the file does not
             state, so areas come out in mm²; ignored (with a warning) for an input that states
             its own spacing. ``None``: sizes of such a slice are in pixels.
+        pdf: write report.pdf (matplotlib: about 1.5–2 s of a warm case, more with its import in a new
+            process). ``False``: no report.pdf; report.json's ``files`` has ``"pdf_on_demand": true``
+            and no ``"pdf"``, and :func:`liverseg.reporting.pdf.write_report_pdf_from_folder` draws
+            the same PDF from ``out_dir`` later (the web app does, on the first download).
 
     Returns:
         the content of report.json (``analysis``, ``run``, ``files`` ...).
@@ -278,7 +287,8 @@ def run_case(
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case
         run_info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        paths = write_report_files(tmp, ct=ct, labels=prediction.labels, analysis=analysis, run_info=run_info)
+        paths = write_report_files(tmp, ct=ct, labels=prediction.labels, analysis=analysis, run_info=run_info,
+                                   pdf=pdf)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case
         doc = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))

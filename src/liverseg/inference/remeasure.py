@@ -43,6 +43,7 @@ def remeasure_case(
     source_path: str | os.PathLike[str] | None = None,
     run_info: dict[str, Any] | None = None,
     edit: dict[str, Any] | None = None,
+    pdf: bool = True,
 ) -> dict[str, Any]:
     """Measure ``labels`` on ``ct`` and write a full case folder ``out_dir`` (which must not exist yet).
 
@@ -56,6 +57,9 @@ def remeasure_case(
             edit recorded in it.
         edit: who and what: ``version`` (int), ``edited_by`` (str), ``created_at`` (ISO time; default now),
             ``based_on`` (int) ...; stored as ``run.mask_edit`` and summarised in ``run.warnings``.
+        pdf: write report.pdf; ``False`` (the web app's saves) leaves it to be drawn on the first
+            download (report.json's ``files``: ``"pdf_on_demand": true``; see
+            :func:`liverseg.reporting.pdf.write_report_pdf_from_folder`).
 
     Returns:
         the content of the new report.json.
@@ -117,7 +121,7 @@ def remeasure_case(
             files.update(write_meshes_or_warn(tmp, lab, info["warnings"]))
         timings["write"] = time.perf_counter() - t1
         info["remeasure_timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        paths = write_report_files(tmp, ct=ct, labels=lab, analysis=analysis, run_info=info)
+        paths = write_report_files(tmp, ct=ct, labels=lab, analysis=analysis, run_info=info, pdf=pdf)
         doc = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))
         doc.setdefault("files", {}).update(files)
         timings["total"] = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from liverseg.reporting.overlays import write_montage_png, write_overlay_png
 __all__ = [
     "DISCLAIMER",
     "LESION_CSV_COLUMNS",
+    "PDF_ON_DEMAND",
     "REPORT_SCHEMA",
     "model_info",
     "render_html",
@@ -108,7 +109,7 @@ def public_run_info(run_info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def report_dict(analysis: Analysis, run_info: dict[str, Any], *, files: dict[str, str] | None = None) -> dict[str, Any]:
+def report_dict(analysis: Analysis, run_info: dict[str, Any], *, files: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of report.json: ``{"schema", "analysis", "run", "notes", "disclaimer", "files"}``."""
     return {
         "schema": REPORT_SCHEMA,
@@ -299,6 +300,10 @@ def render_html(analysis: Analysis, run_info: dict[str, Any], *, images: dict[st
 # ------------------------------------------------------------------ all files
 
 
+#: report.json's ``files`` key that says report.pdf was left to be drawn later (``pdf=False``).
+PDF_ON_DEMAND = "pdf_on_demand"
+
+
 def write_report_files(
     out_dir: str | Path,
     *,
@@ -306,8 +311,9 @@ def write_report_files(
     labels: Volume,
     analysis: Analysis,
     run_info: dict[str, Any],
+    pdf: bool = True,
 ) -> dict[str, Path]:
-    """Write report.json, lesions.csv, overlay.png, montage.png, report.html and report.pdf.
+    """Write report.json, lesions.csv, overlay.png, montage.png, report.html and (with ``pdf``) report.pdf.
 
     Args:
         out_dir: the case's output folder (created if missing).
@@ -315,9 +321,13 @@ def write_report_files(
         labels: label Volume (0/1/2) on the CT's grid.
         analysis: :func:`liverseg.analysis.analyze` of ``labels`` (and ``ct``).
         run_info: what is known about the run (see the module docstring); stored as ``"run"``.
+        pdf: also draw report.pdf (matplotlib; about 1.5–2 s, plus matplotlib's import in a new
+            process). ``False``: report.json's ``files`` has no ``"pdf"`` and has
+            ``"pdf_on_demand": true`` instead; :func:`liverseg.reporting.pdf.write_report_pdf_from_folder`
+            draws the same PDF from the folder later (the web app does, on the first download).
 
     Returns:
-        ``{"json", "csv", "overlay", "montage", "html", "pdf"}`` → paths written.
+        ``{"json", "csv", "overlay", "montage", "html", "pdf"}`` → paths written (no ``"pdf"`` without ``pdf``).
     """
     from liverseg.reporting.pdf import write_report_pdf
 
@@ -338,8 +348,13 @@ def write_report_files(
     write_lesions_csv(paths["csv"], analysis)
     images = {"overlay": paths["overlay"], "montage": paths["montage"]}
     paths["html"].write_text(render_html(analysis, run_info, images=images), encoding="utf-8")
-    write_report_pdf(paths["pdf"], analysis, run_info, images=images)
-    files = {k: p.name for k, p in paths.items()}
+    if pdf:
+        write_report_pdf(paths["pdf"], analysis, run_info, images=images)
+    else:
+        del paths["pdf"]
+    files: dict[str, Any] = {k: p.name for k, p in paths.items()}
+    if not pdf:
+        files[PDF_ON_DEMAND] = True
     doc = report_dict(analysis, run_info, files=files)
     paths["json"].write_text(json.dumps(doc, indent=2, default=_json_default) + "\n", encoding="utf-8")
     log.info("report written to %s", out)

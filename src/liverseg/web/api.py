@@ -145,7 +145,8 @@ def openapi_spec() -> dict[str, Any]:
                     "files": {"type": "array", "items": {"type": "string"},
                               "description": "outputs of the newest mask version available for download (status "
                                              "done): " + ", ".join(OUTPUT_FILES) + ", meshes.json, mesh-liver.ply, "
-                                             "mesh-lesion-<k>.ply"},
+                                             "mesh-lesion-<k>.ply (report.pdf is listed before it exists: it is "
+                                             "drawn on its first download)"},
                     "report": {"type": "object", "description": "report.json of the newest mask version "
                                                                 "(GET /api/studies/{id}, status done)"},
                     "mask_version": {"type": "integer", "description": "the newest mask version (1: the model's)"},
@@ -230,8 +231,13 @@ def openapi_spec() -> dict[str, Any]:
                                                              "mesh-liver.ply, mesh-lesion-<k>.ply"},
                                    {"name": "version", "in": "query", "required": False,
                                     "schema": {"type": "integer"}, "description": "a mask version (default: newest)"}],
-                    "responses": {"200": {"description": "the file"}, "401": e("no or unknown token"),
-                                  "404": e("no such study, not done yet, or no such output")},
+                    "responses": {"200": {"description": "the file (report.pdf: drawn on its first download, "
+                                                         "a few seconds)"},
+                                  "401": e("no or unknown token"),
+                                  "404": e("no such study, not done yet, or no such output"),
+                                  "500": e("report.pdf could not be drawn (the reason; report.html has the same "
+                                           "content)"),
+                                  "507": e("report.pdf could not be drawn: the server's disk is full")},
                 },
             },
             "/api/studies/{id}/mask": {

@@ -14,6 +14,10 @@ version's "complete" mark (there is no database row for versions). What a killed
 behind (dot-named entries, a numbered folder without ``version.json``) is never listed or
 served, and :func:`clean_incomplete_versions` removes it when the app starts.
 
+A version's report.pdf is drawn on its first download (:func:`ensure_report_pdf`): the job
+(``run_case(..., pdf=False)``) and a save (``remeasure_case(..., pdf=False)``) skip it, so a study
+is done about 2 s sooner; it is listed as soon as the folder's report.json is there.
+
 The newest version is the one shown and downloaded unless another is asked for
 (``?version=N``). Saving a correction (``PUT /studies/<id>/mask`` from the page with its
 CSRF header, ``PUT /api/studies/<id>/mask`` with a token) takes a NIfTI on the study's grid:
@@ -22,6 +26,7 @@ anything else is refused with the reason (HTTP 400), and nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -30,8 +35,9 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from flask import Blueprint, abort, g, jsonify, request, send_file
@@ -44,7 +50,7 @@ from liverseg.web.views import OUTPUT_FILES, _own_study, ctx, login_required, st
 
 __all__ = ["MaskVersion", "bp", "api_bp", "list_versions", "resolve_version", "version_dir", "version_files",
            "version_report", "shown_numbers", "save_correction", "clean_incomplete_versions", "viewer_ct_path",
-           "file_mime", "file_label", "MAX_VERSIONS"]
+           "file_mime", "file_label", "ensure_report_pdf", "MAX_VERSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,57 @@ _locks_guard = threading.Lock()
 def _study_lock(study_id: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(study_id, threading.Lock())
+
+
+#: The report's PDF and the file it is drawn from, in a version's folder.
+PDF_FILE, REPORT_FILE = "report.pdf", "report.json"
+
+#: folder -> [lock, number of requests holding or waiting for it]; an entry goes when its count is 0
+_pdf_locks: dict[str, list[Any]] = {}
+_pdf_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold the lock of ``folder`` (one per folder in this process; forgotten once no request needs it)."""
+    key = os.path.abspath(folder)
+    with _pdf_guard:
+        entry = _pdf_locks.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _pdf_guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                _pdf_locks.pop(key, None)
+
+
+def ensure_report_pdf(folder: Path) -> Path:
+    """``folder``'s report.pdf, drawn from its report.json first when it is not there yet.
+
+    One request draws it (:func:`liverseg.reporting.pdf.write_report_pdf_from_folder`, about 2 s,
+    written under a temporary name and renamed); others asking for the same folder meanwhile
+    wait for it and get the same file. One server per data folder (``lock.DataDirLock``), so
+    the lock is this process's.
+
+    Raises:
+        liverseg.errors.InputError: the folder has no readable report.json (a study deleted meanwhile).
+        OSError: the PDF could not be written (a full disk, the folder removed meanwhile).
+    """
+    from liverseg.reporting import pdf as report_pdf
+
+    path = folder / PDF_FILE
+    if path.is_file():
+        return path
+    with _folder_lock(folder):
+        if path.is_file():  # drawn by the request this one waited for
+            return path
+        t0 = time.perf_counter()
+        report_pdf.write_report_pdf_from_folder(folder, name=PDF_FILE)
+        log.info("report.pdf drawn on first download in %.2f s", time.perf_counter() - t0)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +235,8 @@ def version_files(data_dir: Path, study_id: str, number: int) -> list[str]:
     folder = version_dir(data_dir, study_id, number)
     if not folder.is_dir():
         return []
-    names = [n for n in _output_names() if (folder / n).is_file()]
+    pdf_possible = (folder / REPORT_FILE).is_file()  # report.pdf is drawn on its first download
+    names = [n for n in _output_names() if (folder / n).is_file() or (n == PDF_FILE and pdf_possible)]
     return names + mesh_file_names([p.name for p in folder.iterdir() if p.is_file()])
 
 
@@ -211,11 +269,35 @@ def send_version_file(data_dir: Path, study: Study, name: str, *, version: str |
         abort(404)
     v, _ = resolve_version(data_dir, study, version)
     path = version_dir(data_dir, study.id, v.number) / name
+    if name == PDF_FILE and not path.is_file() and (path.parent / REPORT_FILE).is_file():
+        _draw_pdf_or_abort(data_dir, study, path.parent)
     if not path.is_file():
         abort(404)
     tag = "" if v.number == 1 else f"-v{v.number}"
     return send_file(path, mimetype=file_mime(name), as_attachment=as_attachment,
                      download_name=f"liverseg-{study.id}{tag}-{name}", max_age=0)
+
+
+def _draw_pdf_or_abort(data_dir: Path, study: Study, folder: Path) -> None:
+    """Draw ``folder``'s report.pdf for a download; abort 404 when the study went meanwhile, 507/500 on failure."""
+    try:
+        ensure_report_pdf(folder)
+    except Exception as exc:
+        if ctx().store.study(study.id) is None:  # deleted while the PDF was drawn: nothing to serve
+            shutil.rmtree(study_dir(data_dir, study.id), ignore_errors=True)
+            abort(404)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            log.error("study %s: the disk is full; report.pdf could not be drawn", study.id)
+            abort(507, description="the server's disk is full, so the report's PDF could not be made; download "
+                                   "report.html instead, or try again later")
+        # the type only: the message may name the server's folders
+        log.error("study %s: report.pdf could not be drawn (%s)", study.id, type(exc).__name__,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        abort(500, description=f"the report's PDF could not be made ({type(exc).__name__}); download report.html "
+                               "instead, or try again, and report it if it happens again")
+    if ctx().store.study(study.id) is None:  # deleted while drawing: what the drawing wrote goes too
+        shutil.rmtree(study_dir(data_dir, study.id), ignore_errors=True)
+        abort(404)
 
 
 # --------------------------------------------------------------------------- the viewer's CT
@@ -364,7 +446,7 @@ def save_correction(
             staging = root / f".staging-{number}"  # dot-named: never listed; removed at start if left
             try:
                 remeasure_case(ct=ct, labels=labels, out_dir=staging, source_path=input_path(data_dir, study.id),
-                               run_info=run_info, edit=edit)
+                               run_info=run_info, edit=edit, pdf=False)  # drawn on its first download
                 fd, tmp = tempfile.mkstemp(dir=staging, prefix=".version-")
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     json.dump(edit, fh, indent=2)

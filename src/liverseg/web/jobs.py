@@ -264,7 +264,8 @@ def run_study_job(
     with :meth:`Store.claim_job`; without it the study's latest job is claimed here, and when
     it is not queued (running under another worker's lease, done, failed) nothing runs and
     its status is returned. While it runs a heartbeat renews the lease every ``lease_s / 4``
-    seconds. ``liverseg.inference.run_case`` writes every output into a folder private to
+    seconds. ``liverseg.inference.run_case`` writes every output but report.pdf (``pdf=False``:
+    the download route draws it from report.json when it is first asked for) into a folder private to
     this claim, which is renamed to ``<data_dir>/studies/<id>/output`` in the same database
     transaction that stores the report and marks the job done, and only while the lease is
     still this worker's: a half-done job is never served, and a result is published once.
@@ -339,6 +340,7 @@ def _run_leased(
             progress=progress,
             note=study.note or None,
             pixel_size_mm=study_options(data_dir, study_id).get("pixel_size_mm"),
+            pdf=False,  # drawn on the first download (corrections.ensure_report_pdf): the study is done sooner
         )
         if not isinstance(report, dict):
             raise TypeError(f"run_case returned {type(report).__name__}, expected the report dict")

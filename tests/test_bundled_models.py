@@ -1,7 +1,7 @@
 """The bundled models in models/: complete, verified, small, and still segmenting real CT.
 
-The accuracy floors sit a little below what ``benchmarks/evaluate_bundle.py`` measured on the
-held-out case (see each MODEL_CARD.md), so a regression in the reader, the preprocessing, the
+The accuracy floors sit a little below what the benchmarks measured (see each MODEL_CARD.md and the
+notes at the floors), so a regression in the reader, the preprocessing, the
 cascade or the postprocessing that costs accuracy fails here.
 """
 
@@ -15,8 +15,11 @@ import pytest
 from liverseg.models.bundle import bundled_models_dir, load_bundle
 
 BUNDLES = {"liver-tumor-3d": "3d", "liver-tumor-2d": "2d"}
-#: held-out 3D-IRCADb 1.17, end to end (benchmarks/evaluate_bundle.py), minus a margin
-FLOOR_3D = {"liver": 0.88, "tumor": 0.43}  # measured 0.899 / 0.483 (lesion rule 0.75, no TTA)
+#: the 3D bundle end to end (benchmarks/evaluate_3d.py), minus a margin. It is fine-tuned on all four labelled
+#: volumes, so 3D-IRCADb 1.17 is a training case here (a regression guard, not an accuracy estimate; the
+#: held-out numbers are the recipe's folds in docs/recipe_3d.md); TotalSegmentator's example CT was never trained on.
+FLOOR_3D = {"liver": 0.90, "tumor": 0.70,  # measured 0.923 / 0.769 on 3D-IRCADb 1.17 (lesion rule 0.75, no TTA)
+            "totalsegmentator liver": 0.83}  # measured 0.868 against TotalSegmentator's liver
 FLOOR_2D_LIVER = 0.90  # measured 0.919 on these 4 slices (DICOM slices, HU rendered W400/L40)
 #: the 2D bundle on 8-bit pictures (benchmarks/evaluate_2d.py), pooled liver Dice, minus a margin
 FLOOR_2D_8BIT = {
@@ -51,7 +54,23 @@ def ircad17(shared_data: Path):
 
 
 @pytest.mark.slow
-def test_3d_bundle_on_the_held_out_ct(ircad17) -> None:
+def test_3d_bundle_on_a_non_contrast_ct_it_never_saw(shared_data: Path) -> None:
+    """TotalSegmentator's example CT (non-contrast, 3 mm; in no training set of ours) against
+    TotalSegmentator's own liver (label 5): the external check of docs/recipe_3d.md."""
+    from liverseg.analysis.metrics import dice
+    from liverseg.inference import Predictor
+    from liverseg.io import read_volume
+
+    folder = shared_data / "unlabeled" / "totalsegmentator-example"
+    ct = read_volume(folder / "example_ct_sm.nii.gz")
+    ref = read_volume(folder / "example_seg_totalsegmentator_prediction.nii.gz").array == 5
+    labels = Predictor("liver-tumor-3d", threads=2).predict(ct).labels
+    liver = dice(labels.array > 0, ref)
+    assert liver >= FLOOR_3D["totalsegmentator liver"], f"liver Dice {liver:.3f} against TotalSegmentator's liver"
+
+
+@pytest.mark.slow
+def test_3d_bundle_on_the_ircadb17_ct(ircad17) -> None:
     from liverseg.analysis.metrics import dice
     from liverseg.inference import Predictor
 

@@ -319,7 +319,8 @@ def test_leftovers_of_a_killed_save_are_never_served_and_are_removed_at_start(we
         again = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
                            predictor_factory=lambda: PhantomPredictor(labels.array))
     assert sorted(p.name for p in versions.iterdir()) == ["2"]
-    logged = [r.getMessage() for r in caplog.records if sid in r.getMessage()]
+    logged = [r.getMessage() for r in caplog.records if sid in r.getMessage()
+              and r.name == "liverseg.web.corrections" and r.levelno >= logging.WARNING]
     assert len(logged) == 1 and "removed 5 leftover(s)" in logged[0], logged
     for name in (".reserve-3", "..staging-3.partial-k1ll3d", ".staging-4", "5", ".version-tmp"):
         assert name in logged[0]

@@ -91,7 +91,7 @@ def test_history_and_api_listing_show_the_corrected_numbers_and_who_edited(tmp_p
     # the comparison picker of a later study lists the baseline with its corrected lesion count (the version it compares)
     import time
 
-    time.sleep(0.01)  # created_at orders baseline before follow-up
+    time.sleep(1.05)  # created_at (whole seconds) orders the baseline before the follow-up
     _, later, _ = _study(app, h, tmp_path, ct, name="later.nii.gz")
     pick = page.get(f"/studies/{later}/compare").text
     m = re.search(rf'value="{sid}".*?</tr>', pick, re.S)

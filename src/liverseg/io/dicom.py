@@ -123,27 +123,30 @@ def scan_dicom(root: str | Path, *, root_label: str | None = None) -> tuple[list
         if not _is_dicom_file(p):
             other += 1
             continue
+        rel = p.parent.relative_to(base).as_posix() if p.parent != base else "."
+        if root_label and rel == ".":
+            rel = root_label
         try:
             ds = _read_header(p)
+            # pydicom converts elements when first read: a damaged one (a 1-byte US value) raises here
+            sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+            if sop == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+                other += 1
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            key = uid or f"no-uid:{rel}:{ds.get('Rows', '')}x{ds.get('Columns', '')}"
+            modality = str(ds.get("Modality", "") or "").upper()
+            description = str(ds.get("SeriesDescription", "") or "")
         except Exception as exc:
             log.warning("skipping unreadable DICOM file %s (%s)", p.name, type(exc).__name__)
             other += 1
             continue
-        sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
-        if sop == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-            other += 1
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-        rel = p.parent.relative_to(base).as_posix() if p.parent != base else "."
-        if root_label and rel == ".":
-            rel = root_label
-        key = uid or f"no-uid:{rel}:{ds.get('Rows', '')}x{ds.get('Columns', '')}"
         info = groups.get(key)
         if info is None:
             info = groups[key] = SeriesInfo(
                 uid=uid,
-                modality=str(ds.get("Modality", "") or "").upper(),
-                description=str(ds.get("SeriesDescription", "") or ""),
+                modality=modality,
+                description=description,
                 sop_class_uid=sop,
                 files=[],
                 n_with_pixels=0,

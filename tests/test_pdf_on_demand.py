@@ -16,7 +16,6 @@ from liverseg.analysis import Analysis, analyze
 from liverseg.analysis.lesions import Flag, Lesion
 from liverseg.errors import InputError
 from liverseg.inference import run_case
-from liverseg.inference.predictor import Prediction
 from liverseg.io import write_volume
 from liverseg.reporting import pdf as report_pdf
 from liverseg.reporting import write_report_files
@@ -25,6 +24,7 @@ from liverseg.testing import phantom, phantom_2d
 from liverseg.web import create_app
 from liverseg.web.auth import create_user, new_token
 
+from test_corrections import PhantomPredictor
 from test_web import PASSWORD, login
 
 SHAPE, SPACING = (16, 48, 48), (3.0, 2.0, 2.0)
@@ -127,20 +127,6 @@ def test_drawing_the_pdf_from_a_folder_fails_whole(case, tmp_path, monkeypatch):
     (tmp_path / "bad" / "report.json").write_text('{"schema": "x"}')
     with pytest.raises(InputError, match="no 'analysis'"):
         write_report_pdf_from_folder(tmp_path / "bad")
-
-
-class PhantomPredictor:
-    """Returns the phantom's own labels (no model): the case's outputs come fast and are known."""
-
-    threads, engine, tta, overlap, min_tumor_volume_mm3 = 1, "torch", False, 0.5, 10.0
-
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = labels
-
-    def predict(self, ct, *, progress=None, return_probabilities=False):
-        return Prediction(labels=ct.with_array(self.labels.copy(), is_hu=False, modality="SEG"), probabilities=None,
-                          timings_s={}, model={"name": "phantom", "sha256": "1" * 64, "kind": "3d", "stages": []},
-                          device="cpu", warnings=[])
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +39,17 @@ class PhantomPredictor:
         return Prediction(labels=ct.with_array(self.labels.copy(), is_hu=False, modality="SEG"), probabilities=None,
                           timings_s={}, model={"name": "phantom", "sha256": "1" * 64, "kind": "3d", "stages": []},
                           device="cpu", warnings=[])
+
+
+def phantom_app(tmp_path: Path, labels: np.ndarray):
+    """An app whose predictor returns ``labels``, and an API header for its user "ada"."""
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
+                     predictor_factory=lambda: PhantomPredictor(labels))
+    store = app.extensions["liverseg"].store
+    create_user(store, name="ada", password=PASSWORD)
+    token = new_token()
+    store.add_token(store.user_by_name("ada").id, token)
+    return app, {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +221,7 @@ def test_a_dicom_study_gets_a_new_dicom_seg_for_its_correction(tmp_path):
         for p in paths:
             zf.write(p, f"series/{p.name}")
     dicom_ct = read_volume(archive)
-    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
-                     predictor_factory=lambda: PhantomPredictor(labels.array))
-    store = app.extensions["liverseg"].store
-    create_user(store, name="ada", password=PASSWORD)
-    token = new_token()
-    store.add_token(store.user_by_name("ada").id, token)
-    h = {"Authorization": f"Bearer {token}"}
+    app, h = phantom_app(tmp_path, labels.array)
     c = app.test_client()
     sid = c.post("/api/studies", headers=h, data={"files": (open(archive, "rb"), "series.zip")},
                  content_type="multipart/form-data").json["id"]
@@ -254,13 +260,8 @@ def test_a_single_slice_study_has_no_3d_view_and_its_correction_keeps_mask_png(t
     from liverseg.testing import phantom_2d
 
     ct, labels = phantom_2d(shape=(64, 64), spacing=(1.5, 1.5), lesions=((6.0, None),))
-    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
-                     predictor_factory=lambda: PhantomPredictor(labels.array))
-    store = app.extensions["liverseg"].store
-    create_user(store, name="ada", password=PASSWORD)
-    token = new_token()
-    store.add_token(store.user_by_name("ada").id, token)
-    c, sid, body = _study(app, {"Authorization": f"Bearer {token}"}, tmp_path, ct, name="slice.nii.gz")
+    app, h = phantom_app(tmp_path, labels.array)
+    c, sid, body = _study(app, h, tmp_path, ct, name="slice.nii.gz")
     assert not [f for f in body["files"] if f.startswith("mesh")]
     page = app.test_client()
     assert login(page).status_code == 302
@@ -268,7 +269,7 @@ def test_a_single_slice_study_has_no_3d_view_and_its_correction_keeps_mask_png(t
     assert 'data-is-2d="1"' in html and "rr-canvas-3d" not in html and 'data-meshes-url=""' in html
     corrected = labels.array.copy()
     corrected[corrected == 2] = 1
-    r = c.put(f"/api/studies/{sid}/mask", headers={"Authorization": f"Bearer {token}"},
+    r = c.put(f"/api/studies/{sid}/mask", headers=h,
               data=_nifti_bytes(corrected, ct.affine_ras()))
     assert r.status_code == 201, r.json
     assert "mask.png" in r.json["version"]["files"] and r.json["summary"]["lesion_count"] == 0

@@ -16,7 +16,7 @@ from liverseg.web import create_app
 from liverseg.web.auth import create_user, new_token
 from liverseg.web.views import _num
 
-from test_corrections import PhantomPredictor, _lesion_map, _nifti_bytes, _study, _to_file
+from test_corrections import _lesion_map, _nifti_bytes, _study, _to_file, phantom_app
 from test_web import PASSWORD, login
 
 
@@ -38,13 +38,8 @@ def _cells(summary: dict) -> list[str]:
 
 def test_history_and_api_listing_show_the_corrected_numbers_and_who_edited(tmp_path):
     ct, labels = phantom(shape=(20, 64, 64), spacing=(3.0, 1.5, 1.5), lesions=((7.0, None), (4.5, None)), seed=3)
-    app = create_app(data_dir=tmp_path / "data", start_workers=False, job_timeout_s=None, TESTING=True,
-                     predictor_factory=lambda: PhantomPredictor(labels.array))
+    app, h = phantom_app(tmp_path, labels.array)
     store = app.extensions["liverseg"].store
-    create_user(store, name="ada", password=PASSWORD)
-    token = new_token()
-    store.add_token(store.user_by_name("ada").id, token)
-    h = {"Authorization": f"Bearer {token}"}
     c, sid, body = _study(app, h, tmp_path, ct)
     model = body["summary"]
     assert model["lesion_count"] == 2

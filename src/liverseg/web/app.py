@@ -100,8 +100,11 @@ def default_predictor_factory(model: str | Path | None = None) -> Callable[[], A
 
 
 def _clean_orphans(data_dir: Path, store: Store) -> None:
-    """Remove half-finished uploads (``tmp/``), study folders without a database row, and the
-    temporary output folders (``.output.partial-*``, ``.output.old-*``) of jobs killed while writing."""
+    """Remove half-finished uploads (``tmp/``), study folders without a database row, the
+    temporary output folders (``.output.partial-*``, ``.output.old-*``) of jobs killed while writing,
+    and what killed mask-version saves left (:func:`liverseg.web.corrections.clean_incomplete_versions`)."""
+    from liverseg.web.corrections import clean_incomplete_versions
+
     shutil.rmtree(data_dir / "tmp", ignore_errors=True)
     studies = data_dir / "studies"
     if studies.is_dir():
@@ -112,6 +115,7 @@ def _clean_orphans(data_dir: Path, store: Store) -> None:
                 for leftover in d.iterdir():
                     if leftover.name.startswith((".output.partial-", ".output.old-")):
                         shutil.rmtree(leftover, ignore_errors=True)
+    clean_incomplete_versions(data_dir)
 
 
 def _make_private(data_dir: Path) -> None:

@@ -534,12 +534,6 @@ bp = Blueprint("corrections", __name__)
 api_bp = Blueprint("corrections_api", __name__, url_prefix="/api")
 
 
-@bp.record_once
-def _clean_at_start(state: Any) -> None:
-    """At app start (``create_app`` registers this blueprint before serving): remove killed saves' leftovers."""
-    clean_incomplete_versions(state.app.extensions["liverseg"].data_dir)
-
-
 def _received_mask(tmp_dir: Path) -> Path:
     """The request's NIfTI (a multipart ``file`` field or the raw body) saved under ``tmp_dir``."""
     up = request.files.get("file") or request.files.get("mask")

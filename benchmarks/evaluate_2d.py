@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curvas-volumes", nargs="*", default=["curvas-08", "curvas-09", "curvas-10"])
     ap.add_argument("--ircadb-case", default="3Dircadb1.17")
     ap.add_argument("--every", type=int, default=1, help="use every N-th liver slice of the 3D case (default all)")
+    ap.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (both flips: 4 passes)")
+    ap.add_argument("--min-liver-confidence", type=float, default=None,
+                    help="the whole-liver rule's threshold (default: the bundle's; 0 turns it off)")
     ap.add_argument("--json", default=None, help="write all numbers here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -135,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / sub).is_dir():
             sys.stderr.write(f"{data / sub} is missing: give --data the shared data folder (../shared/data)\n")
             return 2
-    predictor = Predictor("liver-tumor-3d", model_2d=args.model_2d, threads=args.threads)
+    predictor = Predictor("liver-tumor-3d", model_2d=args.model_2d, threads=args.threads, tta=args.tta,
+                          min_liver_confidence=args.min_liver_confidence)
     bundle = predictor.bundle("2d")
     results: dict = {"model_2d": str(args.model_2d), "sha256": bundle.sha256, "threads": args.threads,
+                     "tta": args.tta, "min_liver_confidence": predictor.liver_confidence_rule("2d"),
                      "torch_threads": torch.get_num_threads(), "sources": {}}
 
     # a warm-up prediction: the first one builds the network

@@ -91,3 +91,56 @@ def test_predictor_reports_confidence_in_json_and_csv(tmp_path) -> None:
     with pytest.raises(ValueError, match="min_lesion_confidence"):
         Predictor(tiny_bundle_3d, model_2d=None, min_lesion_confidence=1.5)
 
+
+
+def test_unconfident_liver_is_cleared_and_a_confident_one_kept() -> None:
+    from liverseg.analysis.confidence import drop_unconfident_liver
+
+    lab = np.zeros((1, 8, 8), np.uint8)
+    lab[0, 2:5, 2:5] = 1
+    lab[0, 3, 3] = 2
+    prob = np.zeros(lab.shape, np.float32)
+    prob[lab > 0] = 0.6
+    out, conf, dropped = drop_unconfident_liver(lab, prob, min_confidence=0.65)
+    assert dropped and conf == pytest.approx(0.6) and not out.any() and lab.any()  # a new array
+    out, conf, dropped = drop_unconfident_liver(lab, prob, min_confidence=0.55)
+    assert not dropped and out is lab
+    assert drop_unconfident_liver(lab, None, min_confidence=0.65) == (lab, None, False)
+    assert drop_unconfident_liver(np.zeros_like(lab), prob, min_confidence=0.65)[1:] == (None, False)
+    with pytest.raises(ValueError):
+        drop_unconfident_liver(lab, prob, min_confidence=1.0)
+    with pytest.raises(ValueError):
+        drop_unconfident_liver(lab, prob[:, :4], min_confidence=0.5)
+
+
+def test_predictor_applies_the_bundles_liver_rule_to_a_slice(tmp_path) -> None:
+    import json
+
+    from liverseg.inference import Predictor
+    from liverseg.testing import phantom_2d
+    from tiny_bundles import make_tiny_bundle
+
+    b2d = make_tiny_bundle(tmp_path / "2d", kind="2d", seed=3)  # a random head: unsure foreground
+    b3d = make_tiny_bundle(tmp_path / "3d", cascade=False)
+    slice_, _ = phantom_2d(seed=0)
+    base = Predictor(b3d, model_2d=b2d, threads=1).predict(slice_, return_probabilities=True)
+    assert (base.labels.array > 0).any()
+    conf = base.postprocess.get("liver_confidence")
+    fg = base.labels.array > 0
+    measured = float((1 - base.probabilities[0].astype(np.float32))[fg].mean())
+    assert conf is None  # the bundle has no rule: nothing measured, nothing dropped
+    assert 0.3 < measured < 0.98, measured
+    cfg_path = b2d / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["liver_confidence"] = {"drop_below": measured + 0.005}
+    cfg_path.write_text(json.dumps(cfg))
+    pred = Predictor(b3d, model_2d=b2d, threads=1).predict(slice_)
+    assert not (pred.labels.array > 0).any()
+    assert pred.postprocess["liver_confidence"] == pytest.approx(measured, abs=2e-3)
+    assert any("faint liver-like region" in w for w in pred.warnings)
+    assert pred.model["min_liver_confidence"] == pytest.approx(cfg["liver_confidence"]["drop_below"])
+    # the constructor overrides the bundle: 0 turns the rule off
+    off = Predictor(b3d, model_2d=b2d, threads=1, min_liver_confidence=0.0).predict(slice_)
+    np.testing.assert_array_equal(off.labels.array, base.labels.array)
+    with pytest.raises(ValueError):
+        Predictor(b3d, model_2d=b2d, min_liver_confidence=1.0)

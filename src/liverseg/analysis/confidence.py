@@ -14,6 +14,11 @@ Two thresholds act on it (chosen on held-out cases, see the 3D model card):
 * ``flag_below`` (:data:`LOW_CONFIDENCE`): lesions below it are kept, shown as "low"
   confidence, listed last for review, and never chosen as RECIST targets.
 
+The same idea for a whole liver (:func:`drop_unconfident_liver`): a bundle whose config.json
+has ``liver_confidence.drop_below`` (the 2D bundle) reports "no liver" for an image whose
+predicted liver has a mean foreground probability (1 − background) below it — the faint
+liver-like specks a 2D network draws on a slice above or below the liver.
+
 >>> import numpy as np
 >>> p = TumorProbability(box=(slice(0, 1), slice(0, 2), slice(0, 2)), values=np.full((1, 2, 2), 0.8, np.float16))
 >>> lab = np.zeros((1, 3, 3), np.uint8); lab[0, :2, :2] = 2
@@ -28,7 +33,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TumorProbability", "LOW_CONFIDENCE", "confidence_level", "drop_unconfident_lesions"]
+__all__ = ["TumorProbability", "LOW_CONFIDENCE", "confidence_level", "drop_unconfident_lesions", "drop_unconfident_liver"]
 
 #: Lesions whose mean tumor probability is below this are flagged "low" (see the module docstring).
 LOW_CONFIDENCE = 0.6
@@ -102,3 +107,31 @@ def drop_unconfident_lesions(
     out = labels.copy()
     out[tbox][np.isin(comp, drop)] = 1
     return out, int(drop.size)
+
+
+def drop_unconfident_liver(
+    labels: np.ndarray, foreground_probability: np.ndarray | None, *, min_confidence: float
+) -> tuple[np.ndarray, float | None, bool]:
+    """Clear ``labels`` when its foreground (liver + tumor) is less sure than ``min_confidence``.
+
+    Args:
+        labels: 0/1/2 label array after postprocessing (one liver component).
+        foreground_probability: 1 − background probability (0–1) on the same grid, or None.
+        min_confidence: the rule's threshold (0–1); 0 keeps everything.
+
+    Returns:
+        ``(labels, confidence, dropped)``: the labels (all zero when dropped, else unchanged),
+        the mean foreground probability over the predicted foreground (None without a
+        probability or a foreground) and whether the foreground was dropped.
+    """
+    if not 0.0 <= min_confidence < 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1); got {min_confidence}")
+    fg = labels > 0
+    if foreground_probability is None or not fg.any():
+        return labels, None, False
+    if foreground_probability.shape != labels.shape:
+        raise ValueError(f"probability shape {foreground_probability.shape} != labels shape {labels.shape}")
+    confidence = float(np.asarray(foreground_probability, np.float64)[fg].mean())
+    if confidence >= min_confidence:
+        return labels, confidence, False
+    return np.zeros_like(labels), confidence, True

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from liverseg.analysis.confidence import LOW_CONFIDENCE, TumorProbability, drop_unconfident_lesions
+from liverseg.analysis.confidence import LOW_CONFIDENCE, TumorProbability, drop_unconfident_lesions, drop_unconfident_liver
 from liverseg.errors import DimensionError, InputError, ModelError
 from liverseg.inference.postprocess import largest_component, postprocess_labels
 from liverseg.inference.sliding_window import sliding_window_inference, window_slices
@@ -215,6 +215,10 @@ class Predictor:
             :mod:`liverseg.analysis.confidence`) is below this become liver; 0 keeps all;
             None (default): the 3D bundle's own rule (config.json ``lesion_confidence``
             ``drop_below``, chosen on held-out cases; 0 when the bundle has none).
+        min_liver_confidence: an image whose predicted liver has a mean foreground probability
+            below this is reported as having no liver (:func:`~liverseg.analysis.confidence.drop_unconfident_liver`);
+            0 turns the rule off; None (default): the bundle's own rule (config.json
+            ``liver_confidence`` ``drop_below``: the 2D bundle has one, the 3D bundle none).
 
     Bundles are loaded (and their sha256 checked) when first needed; :meth:`load` loads them now.
     One Predictor may serve several threads.
@@ -240,6 +244,7 @@ class Predictor:
         sw_batch_size: int = 1,
         liver_dilation_mm: float = 3.0,
         min_lesion_confidence: float | None = None,
+        min_liver_confidence: float | None = None,
     ) -> None:
         for name, source in (("model", model), ("model_2d", model_2d)):
             if source is None and name == "model":
@@ -268,8 +273,11 @@ class Predictor:
             raise ValueError(f"min_tumor_volume_mm3 must be >= 0 mm³; got {min_tumor_volume_mm3}")
         if not 0 <= float(liver_dilation_mm) <= 50:
             raise ValueError(f"liver_dilation_mm must be in 0..50 mm; got {liver_dilation_mm}")
-        if min_lesion_confidence is not None and not 0.0 <= float(min_lesion_confidence) < 1.0:
-            raise ValueError(f"min_lesion_confidence must be in [0, 1) (a mean probability); got {min_lesion_confidence}")
+        for name, value in (("min_lesion_confidence", min_lesion_confidence), ("min_liver_confidence", min_liver_confidence)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (a mean probability) or None; got {value!r}")
         if engine not in ("torch", "onnx"):
             raise ValueError(f"engine must be 'torch' or 'onnx'; got {engine!r}")
         if int(sw_batch_size) < 1:
@@ -287,6 +295,7 @@ class Predictor:
         self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
         self.liver_dilation_mm = float(liver_dilation_mm)
         self._min_lesion_confidence = None if min_lesion_confidence is None else float(min_lesion_confidence)
+        self._min_liver_confidence = None if min_liver_confidence is None else float(min_liver_confidence)
         self.engine = engine
         self.sw_batch_size = int(sw_batch_size)
         self._bundles: dict[str, ModelBundle] = {}
@@ -364,6 +373,7 @@ class Predictor:
             "engine": self.engine,
             "tta": self.tta,
             "overlap": self.overlap,
+            "min_liver_confidence": self.liver_confidence_rule(kind),
         }
 
     def _net(self, kind: str, bundle: ModelBundle, stage: Stage) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -403,6 +413,13 @@ class Predictor:
     def min_lesion_confidence(self) -> float:
         """The lesion-dropping threshold used for 3D scans (the option, or the bundle's rule)."""
         return self.lesion_confidence_rule("3d")["drop_below"]
+
+    def liver_confidence_rule(self, kind: Literal["3d", "2d"] = "2d") -> float:
+        """The whole-liver threshold for ``kind`` (0: off): the constructor's ``min_liver_confidence``
+        if given, else the bundle's config.json ``liver_confidence`` ``drop_below`` (0 without one)."""
+        if self._min_liver_confidence is not None:
+            return self._min_liver_confidence
+        return float((self.bundle(kind).info.get("liver_confidence") or {}).get("drop_below", 0.0))
 
     def lesion_confidence_rule(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, float]:
         """``{"drop_below", "flag_below"}`` for ``kind``: the constructor's ``min_lesion_confidence``
@@ -490,8 +507,18 @@ class Predictor:
         )
         rule = self.lesion_confidence_rule(kind)
         final, n_dropped = drop_unconfident_lesions(post.labels, tumor_probability, min_confidence=rule["drop_below"])
-        timings["postprocess"] = time.perf_counter() - t0
         post_summary = {**post.summary(), "low_confidence_lesions_dropped": n_dropped}
+        liver_rule = self.liver_confidence_rule(kind)
+        if liver_rule > 0 and (final > 0).any():
+            # the bundle's whole-liver rule (2D: faint specks on a slice without liver); see analysis.confidence
+            fg_prob = 1.0 - self._full_probabilities(probs, hu.shape, roi)[0].astype(np.float32)
+            final, liver_conf, liver_dropped = drop_unconfident_liver(final, fg_prob, min_confidence=liver_rule)
+            post_summary["liver_confidence"] = round(liver_conf, 4) if liver_conf is not None else None
+            if liver_dropped:
+                post_summary["low_confidence_liver_dropped_voxels"] = int((post.labels > 0).sum())
+                warnings.append(f"a faint liver-like region (mean probability {liver_conf:.2f}, below the model's "
+                                f"{liver_rule:.2f}) was not reported as liver")
+        timings["postprocess"] = time.perf_counter() - t0
         if not (final > 0).any():
             warnings.append("no liver was found in this image")
         probabilities = None

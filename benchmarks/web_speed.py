@@ -1,4 +1,4 @@
-"""Upload to dashboard with one worker (issue 14, item 4, single-worker part).
+"""Upload to dashboard, and studies per hour with several users at once (issue 14, item 4).
 
 The web app is built in this process (``create_app`` with one worker thread, SQLite, files on
 disk, the bundled models) and driven through Flask's test client as a browser would: sign in,
@@ -9,9 +9,16 @@ that stores the files), queue + job (until ``status.json`` says done) and dashbo
 requests). The first study also pays the lazy Predictor build and model load; the second is a
 warm worker, what users of a running server see. HTTP transport is left out (loopback).
 
+``--burst N``: after those, N users upload the same scan at once (N uploads posted back to back),
+and each study's upload → dashboard time, the whole burst's wall time and the throughput
+(studies per hour = N / wall × 3600) are reported. With ``--workers 2 --threads 1`` two jobs run
+side by side, one core each; with ``--workers 1 --threads 2`` they queue and each gets both
+cores. Compare the two on the same machine.
+
 Usage::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/web_speed.py --threads 2 [--input path.zip] [--studies 2]
+    .venv/bin/python benchmarks/web_speed.py --workers 2 --threads 1 --studies 1 --burst 4
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ def main() -> int:
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--studies", type=int, default=2, help="uploads one after another (the first one is cold)")
+    ap.add_argument("--workers", type=int, default=1, help="job worker threads of the app")
+    ap.add_argument("--burst", type=int, default=0, help="then this many uploads at once (studies per hour)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not args.input.is_file():
@@ -59,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="liverseg-web-speed-") as tmp:
         # no job time limit: the server's (40 s + 7.5 s per MiB) stopped a slice's first job on the
         # overloaded 2-core development machine; a measurement must finish to say how long it took
-        app = create_app(data_dir=Path(tmp) / "data", workers=1, secure_cookies=False, job_timeout_s=None,
+        app = create_app(data_dir=Path(tmp) / "data", workers=args.workers, secure_cookies=False, job_timeout_s=None,
                          predictor_factory=lambda: Predictor(threads=args.threads))
         create_user(app.extensions["liverseg"].store, name="speed", password=PASSWORD)
         client = app.test_client()
@@ -98,6 +107,7 @@ def main() -> int:
                 "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()],
             })
             sys.stderr.write(json.dumps(rows[-1]) + "\n")
+        burst = _burst(client, payload, args.input.name, args.burst) if args.burst else None
         app.extensions["liverseg"].pool.stop()
     sys.stdout.write("| study | upload s | queue + job s | dashboard s | upload → dashboard s | load average (1 min) |\n")
     sys.stdout.write("|---|---|---|---|---|---|\n")
@@ -105,9 +115,49 @@ def main() -> int:
         sys.stdout.write(f"| {r['study']}{' (cold worker)' if r['study'] == 1 else ''} | {r['upload_s']:.2f} | "
                          f"{r['queue_and_job_s']:.2f} | {r['dashboard_s']:.2f} | {r['upload_to_dashboard_s']:.2f} | "
                          f"{r['load_average_before'][0]:.1f} → {r['load_average_after'][0]:.1f} |\n")
+    if burst:
+        sys.stdout.write(f"\n{args.burst} uploads at once, {args.workers} worker(s) × {args.threads} thread(s): "
+                         f"{burst['wall_s']:.1f} s for all, **{burst['studies_per_hour']:.0f} studies per hour**; "
+                         f"upload → dashboard per study {', '.join(f'{t:.1f}' for t in burst['upload_to_dashboard_s'])} s "
+                         f"(load average {burst['load_average_before'][0]:.1f} → {burst['load_average_after'][0]:.1f})\n")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"studies": rows, "burst": burst, "workers": args.workers,
+                                               "threads": args.threads}, indent=2))
     return 0
+
+
+def _burst(client, payload: bytes, name: str, n: int) -> dict:  # noqa: ANN001
+    """``n`` uploads posted back to back, then each study polled until done and its dashboard loaded."""
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.perf_counter()
+    started, ids = [], []
+    for _ in range(n):
+        token = _csrf(client.get("/upload").text)
+        started.append(time.perf_counter())
+        r = client.post("/upload", data={"csrf_token": token, "note": "", "files": [(io.BytesIO(payload), name)]},
+                        headers={"Accept": "application/json"}, content_type="multipart/form-data")
+        if r.status_code != 202:
+            raise RuntimeError(f"upload refused: {r.status_code} {r.get_data(as_text=True)[:300]}")
+        ids.append(r.get_json()["id"])
+    finished: dict[int, float] = {}
+    while len(finished) < n:
+        for i, sid in enumerate(ids):
+            if i in finished:
+                continue
+            status = client.get(f"/studies/{sid}/status.json").get_json()
+            if status["status"] == "failed":
+                raise RuntimeError(f"study {sid} failed: {status.get('error')}")
+            if status["status"] == "done":
+                client.get(f"/studies/{sid}")
+                client.get(f"/studies/{sid}/data.json")
+                finished[i] = time.perf_counter()
+        time.sleep(0.1)
+    wall = max(finished.values()) - t0
+    out = {"n": n, "wall_s": round(wall, 2), "studies_per_hour": round(n / wall * 3600, 1),
+           "upload_to_dashboard_s": [round(finished[i] - started[i], 2) for i in range(n)],
+           "load_average_before": load_before, "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+    sys.stderr.write(json.dumps(out) + "\n")
+    return out
 
 
 if __name__ == "__main__":

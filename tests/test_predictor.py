@@ -239,7 +239,9 @@ def test_labels_from_probabilities_match_a_full_linear_resampling():
     p[:, :3] = torch.tensor([1.0, 0, 0])[:, None, None, None]
     p[:, :, :5] = torch.tensor([1.0, 0, 0])[:, None, None, None]
     roi = (slice(2, 40), slice(5, 66), slice(0, 50))
-    labels, _ = Predictor._labels_from_probs(None, p, (45, 70, 50), roi)  # type: ignore[arg-type]
+    labels, _ = Predictor._labels_from_probs(p, (45, 70, 50), roi)
+    labels_1, _ = Predictor._labels_from_probs(p, (45, 70, 50), roi, threads=1)  # one thread: the same labels
+    np.testing.assert_array_equal(labels_1, labels)
     expected = np.zeros((45, 70, 50), np.uint8)
     expected[roi] = resample_to_shape(p, (38, 61, 50)).argmax(0).numpy()
     assert (expected > 0).sum() > 100

@@ -25,6 +25,7 @@ A single slice (a Volume with one z-slice) goes to the 2D bundle the same way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -496,7 +497,7 @@ class Predictor:
             probs, roi = self._cascade(kind, bundle, hu, spacing, timings, warnings, report)
             report("postprocess", 0.9)
             t0 = time.perf_counter()
-            labels, tumor_probability = self._labels_from_probs(probs, hu.shape, roi)
+            labels, tumor_probability = self._labels_from_probs(probs, hu.shape, roi, threads=self.threads)
             timings["resample"] = timings.get("resample", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         post = postprocess_labels(
@@ -726,8 +727,9 @@ class Predictor:
         shape = tuple(s.stop - s.start for s in roi)
         return resample_to_shape(probs.float().cpu(), shape, order=1)  # type: ignore[return-value]
 
+    @staticmethod
     def _labels_from_probs(
-        self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]
+        probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice], *, threads: int | None = None
     ) -> tuple[np.ndarray, TumorProbability | None]:
         """Argmax of the probabilities resampled linearly onto the input grid's region ``roi``,
         and the tumor probability in the resampled box (None for a 2-class model or no foreground).
@@ -735,7 +737,8 @@ class Predictor:
         Only the part of the region near the stage's foreground is resampled: where all
         neighbouring stage voxels say background, so does any linear blend of them. Only the
         foreground channels are resampled; background is their complement (the softmax sums
-        to 1, and a linear blend keeps the sum).
+        to 1, and a linear blend keeps the sum). The channels are resampled in parallel threads
+        (up to ``threads``, None: the CPU count).
         """
         labels = np.zeros(tuple(shape), np.uint8)
         p = probs.float().cpu().numpy()
@@ -754,15 +757,32 @@ class Predictor:
             ranges.append((lo, hi))
             i0, i1, _ = _linear_weights(m, n_out, lo, hi)
             crop.append(slice(int(i0.min()), int(i1.max()) + 1))  # the stage voxels these outputs read
-        sub = np.ascontiguousarray(p[(slice(1, None), *crop)])
+        # indices relative to the crop: resample the whole axis' grid, read only the crop's part
+        axes = []
         for axis, (n_out, (lo, hi), c) in enumerate(zip(out_shape, ranges, crop)):
-            # indices relative to the crop: resample the whole axis' grid, read only the crop's part
             i0, i1, w = _linear_weights(p.shape[axis + 1], n_out, lo, hi)
-            sub = _blend(sub, axis + 1, i0 - c.start, i1 - c.start, w)
-        background = 1.0 - sub.sum(axis=0, dtype=np.float32)
+            axes.append((axis, i0 - c.start, i1 - c.start, w))
+
+        def resample_channel(k: int) -> np.ndarray:
+            ch = np.ascontiguousarray(p[(k, *crop)])
+            for axis, i0, i1, w in axes:
+                ch = _blend(ch, axis, i0, i1, w)
+            return ch
+
+        channels = range(1, p.shape[0])
+        workers = min(len(channels), threads or os.cpu_count() or 1)
+        if workers > 1:  # numpy's gathers and blends release the GIL: one channel per core
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="liverseg-resample") as pool:
+                sub = list(pool.map(resample_channel, channels))
+        else:
+            sub = [resample_channel(k) for k in channels]
+        background = sub[0].copy() if len(sub) == 1 else np.add(sub[0], sub[1])
+        for ch in sub[2:]:
+            background += ch
+        np.subtract(1.0, background, out=background)
         box = tuple(slice(r.start + lo, r.start + hi) for r, (lo, hi) in zip(roi, ranges))
         labels[box] = _argmax_classes([background, *sub])
-        tumor = TumorProbability(box=box, values=sub[1].astype(np.float16)) if sub.shape[0] > 1 else None
+        tumor = TumorProbability(box=box, values=sub[1].astype(np.float16)) if len(sub) > 1 else None
         return labels, tumor
 
     def _full_probabilities(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:

@@ -225,3 +225,38 @@ def test_patient_name_and_id_never_reach_the_logs(env, tmp_path, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     for secret in ("Phantom^Liverseg", "Phantom Liverseg", "PHANTOM-0001"):
         assert secret not in text
+
+
+def test_warm_up_builds_the_shared_predictor_before_the_first_job(tmp_path, tiny_bundle_3d, tiny_bundle_2d, caplog):
+    import logging
+
+    from liverseg.inference import Predictor
+
+    built = []
+
+    def factory():
+        built.append(Predictor(tiny_bundle_3d, model_2d=tiny_bundle_2d, threads=1))
+        return built[-1]
+
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, predictor_factory=factory, TESTING=True)
+    pool = app.extensions["liverseg"].pool
+    with caplog.at_level(logging.INFO, logger="liverseg.web.jobs"):
+        pool.warm_up().join(60)
+    assert len(built) == 1
+    predictor = built[0]
+    assert set(k for k, _ in predictor._nets) == {"3d", "2d"}  # every stage's network built
+    assert any("warmed up" in r.getMessage() for r in caplog.records)
+    assert pool.predictor_factory() is predictor  # the first job gets the same, warm predictor
+    assert Predictor(tiny_bundle_3d, model_2d=None, threads=1).warm_up().keys() == {"load", "first_pass"}
+
+
+def test_a_failed_warm_up_is_logged_not_raised(tmp_path, scans, caplog):
+    import logging
+
+    from liverseg.inference import Predictor
+
+    app = create_app(data_dir=tmp_path / "data", start_workers=False, TESTING=True,
+                     predictor_factory=lambda: Predictor(tmp_path / "no-such-bundle"))
+    with caplog.at_level(logging.WARNING, logger="liverseg.web.jobs"):
+        app.extensions["liverseg"].pool.warm_up().join(30)
+    assert any("warming up the predictor failed" in r.getMessage() for r in caplog.records)

@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 def _serve(data_dir: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "liverseg.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        [sys.executable, "-m", "liverseg.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), "--no-warm-up"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
 

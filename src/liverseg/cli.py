@@ -217,6 +217,8 @@ def _add_serve(sub: "argparse._SubParsersAction") -> None:
                    help="stop a job after this many seconds (default 1800)")
     p.add_argument("--job-memory-gb", type=_positive_float, default=6.0,
                    help="stop a job that grows the server by more than this many GB (default 6)")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="do not load the models at start (then the first study pays it, a few seconds)")
     _add_scale_out(p)
     p.set_defaults(handler=_run_serve)
 
@@ -269,7 +271,7 @@ def _run_serve(args: argparse.Namespace) -> int:
           max_upload_bytes=int(args.max_upload_gb * 1024**3), max_files=args.max_files,
           secure_cookies=not args.insecure_cookies, job_timeout_s=args.job_timeout_s,
           job_memory_bytes=int(args.job_memory_gb * 1024**3), on_listening=listening, database=args.database,
-          broker=args.broker, lease_s=args.visibility_timeout_s)
+          broker=args.broker, lease_s=args.visibility_timeout_s, warm_up=not args.no_warm_up)
     return 0
 
 

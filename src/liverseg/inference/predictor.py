@@ -357,6 +357,27 @@ class Predictor:
                 self._net(kind, b, stage)  # type: ignore[arg-type]
         return self
 
+    def warm_up(self) -> dict[str, float]:
+        """Load the bundles, build their networks and run each once on an empty window.
+
+        What a server does at start, so that its first study is as fast as the next: the first
+        pass through a network pays one-time costs (kernel selection, the nnFormer's per-window
+        index and mask tensors) that later passes do not. Returns the seconds each part took
+        (``load``, ``first_pass``).
+        """
+        t0 = time.perf_counter()
+        self.load()
+        t1 = time.perf_counter()
+        with self._threads(), torch.no_grad():
+            for kind in ("3d", "2d"):
+                if kind == "2d" and self._sources["2d"] is None:
+                    continue
+                b = self.bundle(kind)  # type: ignore[arg-type]
+                for stage in b.stages:
+                    net = self._net(kind, b, stage)
+                    net(torch.zeros(self.sw_batch_size, 1, *stage.plan.patch_size, device=self.device))
+        return {"load": round(t1 - t0, 3), "first_pass": round(time.perf_counter() - t1, 3)}
+
     def model_info(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, Any]:
         """Name, sha256, kind, folder and stages of the bundle used for ``kind``."""
         b = self.bundle(kind)

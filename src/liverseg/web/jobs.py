@@ -496,6 +496,29 @@ class WorkerPool:
             self._threads.append(t)
         return self
 
+    def warm_up(self) -> threading.Thread:
+        """Build the predictor and warm it (:func:`liverseg.inference.pipeline.warm_up`) in a background
+        thread, so the first study after a start is as fast as the next. A job that arrives meanwhile
+        waits for the same predictor (:func:`shared_factory`); a failure is logged, and the first job
+        then tries again and fails with the reason. Returns the thread."""
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                predictor = self.predictor_factory()
+                if callable(getattr(predictor, "warm_up", None)):
+                    from liverseg.inference.pipeline import warm_up
+
+                    parts = warm_up(predictor)
+                    log.info("worker pool warmed up in %.1f s (%s)", time.perf_counter() - t0,
+                             ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+            except Exception as exc:  # the first job reports it to its user
+                log.warning("warming up the predictor failed (%s); the first job will try again", exc)
+
+        t = threading.Thread(target=run, name="liverseg-warm-up", daemon=True)
+        t.start()
+        return t
+
     def wake(self) -> None:
         """Tell idle workers that a job was queued."""
         with self._wake:

@@ -28,6 +28,7 @@ def serve(
     connection_limit: int = 100,
     channel_timeout_s: float = 30.0,
     on_listening: Callable[[], None] | None = None,
+    warm_up: bool = True,
     **app_options: Any,
 ) -> None:
     """Start the worker pool and serve the app on ``host:port`` until interrupted.
@@ -50,6 +51,8 @@ def serve(
         connection_limit: most open connections waitress accepts at once.
         channel_timeout_s: seconds an inactive connection is kept open.
         on_listening: called once the port is bound and the jobs started (the CLI says "serving on ...").
+        warm_up: load the models and run their networks once in the background as the jobs start
+            (:meth:`~liverseg.web.jobs.WorkerPool.warm_up`), so the first study does not pay it.
         **app_options: passed to :func:`~liverseg.web.app.create_app` (``job_timeout_s``, ...).
     """
     import errno
@@ -94,6 +97,8 @@ def serve(
         # the jobs start only once the port is ours: a server that cannot listen runs nothing
         if start_workers:
             pool.start()
+            if warm_up and callable(getattr(pool, "warm_up", None)):  # the embedded pool: models loaded now
+                pool.warm_up()
         log.info("liverseg web app on http://%s:%d (data in %s, %d worker(s))", host, port, Path(data_dir).resolve(),
                  workers)
         if on_listening is not None:

@@ -7,8 +7,9 @@ TotalSegmentator's example CT; a 2D JPEG slice of the MSD liver set):
   imports, model loading and every output file included); wall time from launch to exit, and
   its peak RSS (``wait4``'s ``ru_maxrss``);
 * **warm**: one process builds a :class:`~liverseg.inference.Predictor`, ``load()``s it and runs
-  ``run_case`` once, then the *second* ``run_case`` is timed (what a web worker pays per study);
-  peak RSS of that process.
+  ``run_case`` once, then the *second* ``run_case`` is timed; peak RSS of that process.
+  ``warm-nopdf`` does the same with ``run_case(..., pdf=False)``, what a web worker pays per study
+  (its report.pdf is drawn on the first download).
 
 Each line gives every stage of report.json's ``run.timings_s`` (read, load_model, localize +
 segment = the network, resample, postprocess, analyze, write), the wall time, the ratio of the
@@ -107,19 +108,20 @@ def _warm_child(args: argparse.Namespace) -> None:
 
     predictor = Predictor(args.model, model_2d=args.model_2d, threads=args.threads, tta=args.tta,
                           overlap=args.overlap, engine=args.engine).load()
+    pdf = not args.no_pdf
     with tempfile.TemporaryDirectory(prefix="liverseg-speed-") as tmp:
-        run_case(args.one, Path(tmp) / "first", predictor=predictor)
+        run_case(args.one, Path(tmp) / "first", predictor=predictor, pdf=pdf)
         t0 = time.perf_counter()
-        doc = run_case(args.one, Path(tmp) / "second", predictor=predictor)
+        doc = run_case(args.one, Path(tmp) / "second", predictor=predictor, pdf=pdf)
         wall = time.perf_counter() - t0
     doc["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sys.stdout.write("RESULT " + json.dumps({"run": doc["run"], "_wall_s": wall, "_peak_rss_mb": doc["_peak_rss_mb"]}) + "\n")
 
 
-def _warm(args: argparse.Namespace, path: Path, *, tta: bool) -> dict[str, Any]:
+def _warm(args: argparse.Namespace, path: Path, *, tta: bool, pdf: bool = True) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--one", str(path), "--model", args.model, "--model-2d", args.model_2d,
            "--threads", str(args.threads), "--overlap", str(args.overlap), "--engine", args.engine] + (
-        ["--tta"] if tta else [])
+        ["--tta"] if tta else []) + ([] if pdf else ["--no-pdf"])
     before = _loadavg()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -246,7 +248,9 @@ def main() -> int:
     ap.add_argument("--model", default="liver-tumor-3d", help="3D bundle name or folder")
     ap.add_argument("--model-2d", default="liver-tumor-2d", help="2D bundle name or folder")
     ap.add_argument("--inputs", default=DEFAULT_INPUTS, help=f"comma-separated names from {list(INPUTS)}, or 'all'")
-    ap.add_argument("--runs", default="cold,warm", help="'cold', 'warm' or 'cold,warm'")
+    ap.add_argument("--runs", default="cold,warm",
+                    help="comma-separated: 'cold', 'warm' (run_case with the PDF, as liverseg predict), "
+                         "'warm-nopdf' (as a web job: the PDF is drawn on first download)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overlap", type=float, default=0.5)
     ap.add_argument("--engine", default="torch", choices=["torch", "onnx"])
@@ -257,6 +261,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--markdown", default=None, help="write the tables here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--no-pdf", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         _warm_child(args)
@@ -276,7 +281,10 @@ def main() -> int:
         path = _input_path(name)
         for tta in (False, True) if args.tta else (False,):
             for run in runs:
-                r = (_cold if run == "cold" else _warm)(args, path, tta=tta)
+                if run == "cold":
+                    r = _cold(args, path, tta=tta)
+                else:  # "warm": as liverseg predict writes (the PDF too); "warm-nopdf": as a web job does
+                    r = _warm(args, path, tta=tta, pdf=run != "warm-nopdf")
                 r.update(label=name if name != "msd-slice" else f"slice {path.name}", run=run, tta=tta)
                 results.append(r)
                 sys.stderr.write(f"{name} {run} tta={tta}: {json.dumps(r)}\n")

@@ -91,7 +91,7 @@ def test_analysis_from_dict_says_what_is_missing(case):
 
 @pytest.mark.slow
 def test_the_pdf_drawn_from_the_folder_is_the_one_written_at_case_time(case, tmp_path, monkeypatch):
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # matplotlib's CreationDate: otherwise the files differ by it
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # ReportLab's dates (and the /ID made from them): otherwise the files differ by them
     ct, lab = case
     a = analyze(lab, ct)
     now = write_report_files(tmp_path / "now", ct=ct, labels=lab, analysis=a, run_info=RUN)

@@ -1,6 +1,6 @@
 """The files of a two-scan comparison: comparison.json, lesion_changes.csv, lesion_pairs.png,
 comparison.html and comparison.pdf (the report's style: same table look, same colours, same
-disclaimer; matplotlib's PdfPages, no new dependency).
+disclaimer; drawn with ReportLab through the report PDF's helpers in :mod:`liverseg.reporting.pdf`).
 
 >>> from liverseg.analysis.compare import compare
 >>> result = compare("baseline_study/", "followup_study/", out_dir="cmp")  # doctest: +SKIP
@@ -14,7 +14,6 @@ import base64
 import csv
 import json
 import logging
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,78 +192,53 @@ def render_comparison_html(result: "Comparison", *, images: dict[str, Path]) -> 
 
 def write_comparison_pdf(path: str | Path, result: "Comparison", *, images: dict[str, Path]) -> Path:
     """comparison.pdf: page 1 summary, RECIST inputs and the change table; page 2 the lesion pairs."""
-    plt = _mpl()
-    import matplotlib.image as mpimg
-    from matplotlib.backends.backend_pdf import PdfPages
+    from liverseg.reporting.pdf import _Cursor, _draw_footer_disclaimer, _draw_image, _new_canvas, draw_table
 
-    from liverseg.reporting.pdf import draw_table
-
-    a4 = (8.27, 11.69)
     path = Path(path)
-    with PdfPages(path) as pdf:
-        fig = plt.figure(figsize=a4)
-        y = 0.965
+    c = _new_canvas(str(path), title="liverseg follow-up comparison")
+    page = _Cursor(c)
+    text = page.text
+    text(f"Follow-up comparison — {result.baseline.name} → {result.followup.name}", size=13, bold=True, gap=0.004)
+    text(DISCLAIMER, size=8.5, bold=True, color="#b00000", gap=0.01)
+    text("Summary", size=11, bold=True, gap=0.002)
+    for label, value in summary_rows(result):
+        page.row(label, value, size=8.5, value_x=0.33, gap=0.002)
+    page.y -= 0.008
+    text("RECIST 1.1: the rules' inputs", size=11, bold=True, gap=0.002)
+    for t in recist_rows(result):
+        text(f"Target {t[0]}: {t[1]} mm → {t[2]} {t[3]} mm ({t[4]})", size=8.5)
+    r = result.recist
+    if r.sum_baseline_mm is not None:
+        text(f"Sum of diameters: {r.sum_baseline_mm:.1f} mm (baseline = nadir) → {_fmt(r.sum_followup_mm)} mm "
+             f"({_fmt(r.change_mm, 1, 'mm', True)}, {_fmt(r.change_percent, 1, '%', True)})", size=8.5)
+    for rule in r.rules:
+        verdict = "yes" if rule["holds"] else "no" if rule["holds"] is not None else "n/a"
+        text(f"{rule['rule']}: {rule['test']} — {rule['value']} → {verdict}", size=8, color="#333333")
+    for note in r.notes:
+        text("Note: " + note, size=7.5, color="#1f4fa0")
+    for w in result.warnings:
+        text("• " + w, size=8, color="#a05a00")
+    page.y -= 0.01
+    text("Lesion changes", size=11, bold=True, gap=0.004)
+    head, rows = change_rows(result)
+    if rows:
+        h, shown = draw_table(c, head, rows, top=page.y, bottom=0.06, left=0.03, width=0.94, head_h=0.045,
+                              font_size=6.5, head_wrap=10)
+        page.y -= h + 0.01
+        if len(rows) > shown:
+            text(f"... and {len(rows) - shown} more (see lesion_changes.csv)", size=8)
+    else:
+        text("No lesion on either scan.", size=9)
+    c.showPage()
 
-        def text(s: str, *, size: float = 9, weight: str = "normal", color: str = "black", gap: float = 0.0,
-                 x: float = 0.06) -> None:
-            nonlocal y
-            fig.text(x, y, s, fontsize=size, fontweight=weight, color=color, va="top")
-            y -= (s.count("\n") + 1) * size * 1.45 / 72 / a4[1] + gap
-
-        def wrap(s: str, width: int = 110) -> str:
-            return "\n".join(textwrap.wrap(s, width)) or s
-
-        text(f"Follow-up comparison — {result.baseline.name} → {result.followup.name}", size=13, weight="bold", gap=0.004)
-        text(wrap(DISCLAIMER, 105), size=8.5, weight="bold", color="#b00000", gap=0.01)
-        text("Summary", size=11, weight="bold", gap=0.002)
-        for label, value in summary_rows(result):
-            lines = textwrap.wrap(value, 62) or [value]
-            fig.text(0.08, y, label, fontsize=8.5, va="top")
-            fig.text(0.33, y, "\n".join(lines), fontsize=8.5, va="top")
-            y -= len(lines) * 8.5 * 1.45 / 72 / a4[1] + 0.002
-        y -= 0.008
-        text("RECIST 1.1: the rules' inputs", size=11, weight="bold", gap=0.002)
-        for t in recist_rows(result):
-            text(f"Target {t[0]}: {t[1]} mm → {t[2]} {t[3]} mm ({t[4]})", size=8.5)
-        r = result.recist
-        if r.sum_baseline_mm is not None:
-            text(f"Sum of diameters: {r.sum_baseline_mm:.1f} mm (baseline = nadir) → {_fmt(r.sum_followup_mm)} mm "
-                 f"({_fmt(r.change_mm, 1, 'mm', True)}, {_fmt(r.change_percent, 1, '%', True)})", size=8.5)
-        for rule in r.rules:
-            verdict = "yes" if rule["holds"] else "no" if rule["holds"] is not None else "n/a"
-            text(wrap(f"{rule['rule']}: {rule['test']} — {rule['value']} → {verdict}", 120), size=8, color="#333333")
-        for note in r.notes:
-            text(wrap("Note: " + note, 120), size=7.5, color="#1f4fa0")
-        for w in result.warnings:
-            text(wrap("• " + w, 115), size=8, color="#a05a00")
-        y -= 0.01
-        text("Lesion changes", size=11, weight="bold", gap=0.004)
-        head, rows = change_rows(result)
-        if rows:
-            h, shown = draw_table(fig, head, rows, top=y, bottom=0.06, left=0.03, width=0.94, head_h=0.045,
-                                  font_size=6.5, head_wrap=10)
-            y -= h + 0.01
-            if len(rows) > shown:
-                text(f"... and {len(rows) - shown} more (see lesion_changes.csv)", size=8)
-        else:
-            text("No lesion on either scan.", size=9)
-        pdf.savefig(fig)
-        plt.close(fig)
-
-        fig = plt.figure(figsize=a4)
-        fig.text(0.06, 0.97, "Matched lesions, side by side (follow-up registered to the baseline)", fontsize=11,
-                 fontweight="bold", va="top")
-        p = images.get("pairs")
-        if p is not None and Path(p).is_file():
-            ax = fig.add_axes((0.05, 0.05, 0.9, 0.88))
-            ax.imshow(mpimg.imread(str(p)))
-            ax.axis("off")
-        fig.text(0.5, 0.012, wrap(DISCLAIMER, 130), fontsize=6.5, ha="center", va="bottom", color="#b00000")
-        pdf.savefig(fig)
-        plt.close(fig)
-        d = pdf.infodict()
-        d["Title"] = "liverseg follow-up comparison"
-        d["Creator"] = "liverseg"
+    page = _Cursor(c, 0.97)
+    page.text("Matched lesions, side by side (follow-up registered to the baseline)", size=11, bold=True)
+    p = images.get("pairs")
+    if p is not None and Path(p).is_file():
+        _draw_image(c, Path(p), (0.05, 0.05, 0.9, 0.88))
+    _draw_footer_disclaimer(c, DISCLAIMER)
+    c.showPage()
+    c.save()
     return path
 
 

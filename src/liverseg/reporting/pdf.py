@@ -1,8 +1,14 @@
-"""report.pdf for the referring physician, drawn with matplotlib's PdfPages (no extra dependency).
+"""report.pdf for the referring physician, drawn with ReportLab (text as text, in DejaVu Sans).
 
 Page 1: summary, notes, flags, lesion table, model; page 2: overlay and montage images.
 A4 portrait. The file is written under a temporary name in its folder and renamed, so a
 reader never sees half a PDF.
+
+The text is real PDF text (selectable, searchable) in DejaVu Sans / DejaVu Sans Mono, embedded
+as subsets: the base-14 Helvetica has no ≥ or •. The TTF files are matplotlib's (a dependency
+for other figures), found without importing matplotlib. matplotlib's import and figures took
+most of the time a PDF took to draw. With ``SOURCE_DATE_EPOCH`` set, the dates are that time
+and the same case gives the same bytes.
 
 :func:`write_report_pdf_from_folder` draws the same PDF later from a case folder (its
 report.json, overlay.png and montage.png): what the web app does on a report's first
@@ -14,11 +20,14 @@ PosixPath('out/volume-17/report.pdf')
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import logging
 import os
 import secrets
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,11 +43,148 @@ PDF_FILE = "report.pdf"
 #: The images a report's page 2 shows: key -> file name in the case folder.
 IMAGE_FILES = {"overlay": "overlay.png", "montage": "montage.png"}
 
-_A4 = (8.27, 11.69)
+#: A4 in points (210 x 297 mm).
+_A4 = (210 / 25.4 * 72, 297 / 25.4 * 72)
+
+#: The fonts the PDFs use: ReportLab name -> DejaVu file (matplotlib ships them in mpl-data/fonts/ttf).
+_FONT_FILES = {"DejaVuSans": "DejaVuSans.ttf", "DejaVuSans-Bold": "DejaVuSans-Bold.ttf",
+               "DejaVuSansMono": "DejaVuSansMono.ttf"}
+_SANS, _BOLD, _MONO = _FONT_FILES
+_LEADING = 1.25  # line pitch in a paragraph, times the font size
+_ADVANCE = 1.45  # how far the cursor moves down per line, times the font size (as the matplotlib pages did)
+
+_fonts_lock = threading.Lock()
+_fonts_registered = False
 
 
-def _wrap(text: str, width: int = 100) -> str:
-    return "\n".join(textwrap.wrap(text, width=width)) or text
+def _font_folder() -> Path:
+    """matplotlib's DejaVu folder (found without importing matplotlib: ~1 s), else the system's."""
+    folders = []
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) / "mpl-data" / "fonts" / "ttf" for p in spec.submodule_search_locations]
+    folders += [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu")]
+    for folder in folders:
+        if all((folder / f).is_file() for f in _FONT_FILES.values()):
+            return folder
+    raise RuntimeError(
+        "the PDF's fonts (" + ", ".join(_FONT_FILES.values()) + ") were found neither in matplotlib's "
+        "mpl-data/fonts/ttf nor in /usr/share/fonts; reinstall matplotlib"
+    )
+
+
+def _register_fonts() -> None:
+    """Register the DejaVu fonts with ReportLab, once per process (request threads may ask at once).
+
+    Also turns off ReportLab's ASCII85 stream encoding (``rl_config.useA85``, process-wide): without its
+    optional C accelerator it encodes in pure Python, ~1 s per report for the two images, and only makes
+    the streams a quarter larger.
+    """
+    global _fonts_registered
+    with _fonts_lock:
+        if _fonts_registered:
+            return
+        from reportlab import rl_config
+        from reportlab.pdfbase import pdfmetrics
+        from reportlab.pdfbase.ttfonts import TTFont
+
+        rl_config.useA85 = 0
+
+        folder = _font_folder()
+        for name, file in _FONT_FILES.items():
+            pdfmetrics.registerFont(TTFont(name, str(folder / file)))
+        _fonts_registered = True
+        log.debug("PDF fonts registered from %s", folder)
+
+
+def _new_canvas(target: Any, *, title: str) -> Any:
+    """An A4 ReportLab canvas writing to ``target`` (a path or a binary file object), its fonts registered."""
+    from reportlab.pdfgen.canvas import Canvas
+
+    _register_fonts()
+    c = Canvas(target, pagesize=_A4, initialFontName=_SANS)  # no Helvetica in the file at all
+    c.setTitle(title)
+    c.setCreator("liverseg")
+    c.setAuthor("")
+    c.setSubject("")
+    return c
+
+
+def _lines(s: str, font: str, size: float, width_pt: float) -> list[str]:
+    """``s`` broken into lines no wider than ``width_pt`` (its own newlines kept)."""
+    from reportlab.lib.utils import simpleSplit
+
+    return simpleSplit(s, font, size, width_pt) or [""]
+
+
+def _draw_lines(
+    c: Any,
+    lines: Sequence[str],
+    x: float,
+    y: float,
+    *,
+    font: str = _SANS,
+    size: float = 9,
+    color: str = "#000000",
+    va: str = "top",
+    ha: str = "left",
+) -> None:
+    """Draw ``lines`` at ``x``, ``y`` (points): ``va`` "top" hangs them below ``y``, "bottom" stands them on it."""
+    from reportlab.lib.colors import HexColor
+    from reportlab.pdfbase.pdfmetrics import getAscentDescent
+
+    ascent, descent = getAscentDescent(font, size)
+    pitch = size * _LEADING
+    base = y - ascent if va == "top" else y - descent + pitch * (len(lines) - 1)
+    c.setFont(font, size)
+    c.setFillColor(HexColor(color))
+    for i, line in enumerate(lines):
+        if ha == "center":
+            c.drawCentredString(x, base - i * pitch, line)
+        else:
+            c.drawString(x, base - i * pitch, line)
+
+
+class _Cursor:
+    """Text written from the top of a page down, ``y`` a fraction of the page height (1 at the top)."""
+
+    def __init__(self, c: Any, y: float = 0.965) -> None:
+        self.c = c
+        self.y = y
+
+    def text(self, s: str, *, size: float = 9, bold: bool = False, color: str = "#000000", gap: float = 0.0,
+             x: float = 0.06, right: float = 0.94) -> None:
+        """``s`` at ``x`` (fraction of the page width), wrapped at ``right``; the cursor moves below it and ``gap``."""
+        font = _BOLD if bold else _SANS
+        lines = _lines(s, font, size, (right - x) * _A4[0])
+        _draw_lines(self.c, lines, x * _A4[0], self.y * _A4[1], font=font, size=size, color=color)
+        self.y -= len(lines) * size * _ADVANCE / _A4[1] + gap
+
+    def row(self, label: str, value: str, *, size: float = 9, label_x: float = 0.08, value_x: float = 0.52,
+            gap: float = 0.0) -> None:
+        """A label / value row (the value wrapped at the right margin)."""
+        lines = _lines(value, _SANS, size, (0.94 - value_x) * _A4[0])
+        _draw_lines(self.c, [label], label_x * _A4[0], self.y * _A4[1], size=size)
+        _draw_lines(self.c, lines, value_x * _A4[0], self.y * _A4[1], size=size)
+        self.y -= len(lines) * size * _ADVANCE / _A4[1] + gap
+
+
+def _draw_image(c: Any, path: Path, rect: tuple[float, float, float, float]) -> None:
+    """A PNG scaled into ``rect`` (left, bottom, width, height as fractions of the page), aspect kept, centred."""
+    from reportlab.lib.utils import ImageReader
+
+    left, bottom, width, height = rect
+    # the file's bytes, not its name: ReportLab names an image by a digest of what it is given (a name from
+    # the path would make the same pages differ by their folder), and a name it cannot open it tries as a URL
+    image = ImageReader(io.BytesIO(Path(path).read_bytes()))
+    c.drawImage(image, left * _A4[0], bottom * _A4[1], width * _A4[0], height * _A4[1],
+                preserveAspectRatio=True, anchor="c", mask="auto")
+
+
+def _draw_footer_disclaimer(c: Any, disclaimer: str) -> None:
+    """The disclaimer, small and red, centred at the bottom of the page."""
+    lines = _lines(disclaimer, _SANS, 6.5, 0.9 * _A4[0])
+    _draw_lines(c, lines, 0.5 * _A4[0], 0.012 * _A4[1], size=6.5, color="#b00000", va="bottom", ha="center")
 
 
 def draw_table(
@@ -60,9 +206,10 @@ def draw_table(
     The report's lesion table and the comparison's change table. A table scaled into a smaller
     box overflowed it (over the text below), so rows keep ``row_h`` and the ones that do not
     fit are left out; when any are, one row's room is kept for the caller's "... and N more" line.
+    Columns are of equal width; a cell too wide for its column is drawn in a smaller size.
 
     Args:
-        fig: a matplotlib Figure.
+        fig: the ReportLab canvas of the page (the name is the matplotlib version's, whose callers passed a Figure).
         head: column titles (wrapped at ``head_wrap`` characters, bold on grey).
         rows: the cells, as text.
         top, bottom: the table's top edge and the lowest it may reach (fractions of the page height, 0 at the bottom).
@@ -74,20 +221,42 @@ def draw_table(
     Returns:
         ``(height, shown)``: the table's height (fraction of the page height) and how many rows it shows.
     """
+    from reportlab.lib.colors import HexColor
+    from reportlab.pdfbase.pdfmetrics import getAscentDescent, stringWidth
+
     n_fit = max(1, int((top - bottom - head_h) / row_h))
     shown = list(rows) if len(rows) <= n_fit else list(rows[: max(1, n_fit - 1)])  # room for "... more"
     h = head_h + row_h * len(shown)
-    ax = fig.add_axes((left, top - h, width, h))
-    ax.axis("off")
-    labels = ["\n".join(textwrap.wrap(s, head_wrap)) for s in head]  # short lines fit the columns
-    tab = ax.table(cellText=shown, colLabels=labels, loc="upper left", cellLoc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(font_size)
-    for (r, _c), cell in tab.get_celld().items():
-        cell.set_height((head_h if r == 0 else row_h) / h)
-        if r == 0:
-            cell.set_facecolor("#eeeeee")
-            cell.set_text_props(fontweight="bold")
+    page_w, page_h = _A4
+    col_w = width * page_w / max(1, len(head))
+    x0 = left * page_w
+    c = fig
+    c.setLineWidth(0.5)
+    c.setStrokeColor(HexColor("#000000"))
+
+    def cells(texts: Sequence[str], y_top: float, height: float, *, font: str, wrap: int | None, fill: str | None) -> None:
+        for i, s in enumerate(texts):
+            x = x0 + i * col_w
+            if fill is not None:
+                c.setFillColor(HexColor(fill))
+            c.rect(x, y_top - height, col_w, height, stroke=1, fill=fill is not None)
+            lines = (textwrap.wrap(str(s), wrap) if wrap else [str(s)]) or [""]  # short lines fit the columns
+            widest = max(stringWidth(line, font, font_size) for line in lines)
+            size = font_size if widest <= col_w - 3 else max(3.0, font_size * (col_w - 3) / widest)
+            ascent, descent = getAscentDescent(font, size)
+            block = (len(lines) - 1) * size * 1.2 + ascent - descent
+            base = y_top - height / 2 + block / 2 - ascent
+            c.setFont(font, size)
+            c.setFillColor(HexColor("#000000"))
+            for k, line in enumerate(lines):
+                c.drawCentredString(x + col_w / 2, base - k * size * 1.2, line)
+
+    y = top * page_h
+    cells(head, y, head_h * page_h, font=_BOLD, wrap=head_wrap, fill="#eeeeee")
+    y -= head_h * page_h
+    for row in shown:
+        cells(row, y, row_h * page_h, font=_SANS, wrap=None, fill=None)
+        y -= row_h * page_h
     return h, len(shown)
 
 
@@ -163,12 +332,8 @@ def write_report_pdf_from_folder(folder: str | os.PathLike[str], *, name: str = 
 
 def _draw_report_pdf(target: Any, analysis: Analysis, run_info: dict[str, Any], *, images: dict[str, Path]) -> None:
     """Draw the report's two pages into ``target`` (a path or a binary file object)."""
-    # Figures made directly, not through pyplot: pyplot's global figure list is not thread-safe, and the
-    # web server draws PDFs in its request threads (two studies' first downloads at once)
-    import matplotlib.image as mpimg
-    from matplotlib.backends.backend_pdf import PdfPages
-    from matplotlib.figure import Figure
-
+    # one canvas per call, nothing global but the registered fonts: the web server draws PDFs in its
+    # request threads (two studies' first downloads at once)
     from liverseg.reporting.report import (
         DISCLAIMER,
         NO_LIVER_MESSAGE,
@@ -179,94 +344,77 @@ def _draw_report_pdf(target: Any, analysis: Analysis, run_info: dict[str, Any], 
     )
 
     model = model_info(run_info)
-    with PdfPages(target) as pdf:
-        # ---------------------------------------------------------------- page 1
-        fig = Figure(figsize=_A4)
-        y = 0.965
-
-        def text(s: str, *, size: float = 9, weight: str = "normal", color: str = "black", gap: float = 0.0) -> None:
-            nonlocal y
-            t = fig.text(0.06, y, s, fontsize=size, fontweight=weight, color=color, va="top", wrap=False)
-            n_lines = s.count("\n") + 1
-            y -= n_lines * size * 1.45 / 72 / _A4[1] + gap
-
-        case = run_info.get("case")
-        text("Liver and liver-tumor segmentation report" + (f" — {case}" if case else ""), size=14, weight="bold", gap=0.004)
-        text(_wrap(DISCLAIMER, 105), size=8.5, weight="bold", color="#b00000", gap=0.01)
-        if run_info.get("note"):
-            text(_wrap("Note given with the upload: " + str(run_info["note"])[:600], 110), size=8.5, gap=0.008)
-        text("Summary", size=11, weight="bold", gap=0.002)
-        for label, value in summary_rows(analysis):
-            fig.text(0.08, y, label, fontsize=9, va="top")
-            fig.text(0.52, y, value, fontsize=9, va="top")
-            y -= 9 * 1.45 / 72 / _A4[1]
-        y -= 0.008
-        for note in [LIVER_VOLUME_NOTE] + [n for n in analysis.notes if n != LIVER_VOLUME_NOTE]:
-            text(_wrap("Note: " + note, 110), size=8.5, color="#1f4fa0", gap=0.002)
-        if analysis.flags:
-            y -= 0.006
-            text("Please note", size=11, weight="bold", gap=0.002)
-            for f in analysis.flags:
-                text(_wrap("• " + f.message, 110), size=8.5, color="#a05a00", gap=0.002)
-        y -= 0.01
-        text("Lesions", size=11, weight="bold", gap=0.004)
-        head, rows = lesion_table(analysis)
-        if rows:
-            # as many rows as fit above the footnote and the model lines
-            h, shown = draw_table(fig, head, rows, top=y, bottom=0.21, left=0.06, width=0.88, head_h=0.048,
-                                  font_size=7.5, head_wrap=11)
-            y -= h + 0.012
-            if len(rows) > shown:
-                text(f"... and {len(rows) - shown} more lesions (see lesions.csv)", size=8)
-            text(
-                _wrap(
-                    "RECIST 1.1: measurable = longest axial diameter ≥ 10 mm (2 × slice thickness when slices are "
-                    "thicker than 5 mm); the two largest measurable lesions that are not of low confidence are target "
-                    "candidates. Confidence = the model's mean tumor probability over the lesion: check low ones first. "
-                    "Slices numbered from 1.",
-                    115,
-                ),
-                size=7.5,
-                color="#444444",
-            )
-        elif no_liver(analysis):
-            text(_wrap(NO_LIVER_MESSAGE, 105), size=9, weight="bold", color="#a05a00")
-        else:
-            text("No liver tumor was found.", size=9)
-        # model / run, at the bottom of the page
-        lines = [
-            f"Model: {model.get('name') or 'unknown'}" + (f" (version {model['version']})" if model.get("version") else ""),
-            f"Weights sha256: {model.get('sha256') or 'unknown'}",
-        ]
-        extra = [
-            f"{k}: {run_info[k]}" for k in ("input", "liverseg_version", "torch_version", "device", "created") if run_info.get(k)
-        ]
-        if extra:
-            lines.append(" · ".join(extra))
-        fig.text(0.06, 0.03, "\n".join(lines), fontsize=7, color="#444444", va="bottom", family="monospace")
-        pdf.savefig(fig)
-
-        # ---------------------------------------------------------------- page 2
-        fig = Figure(figsize=_A4)
-        fig.text(0.06, 0.97, "Images", fontsize=12, fontweight="bold", va="top")
-        fig.text(
-            0.06,
-            0.945,
-            "Green: liver (including tumor) · red: tumor · yellow: longest diameter · cyan: short axis · "
-            "patient's right on the left",
-            fontsize=8,
-            va="top",
+    case = run_info.get("case")
+    c = _new_canvas(target, title="liverseg report" + (f" {case}" if case else ""))
+    # ---------------------------------------------------------------- page 1
+    page = _Cursor(c)
+    text = page.text
+    text("Liver and liver-tumor segmentation report" + (f" — {case}" if case else ""), size=14, bold=True, gap=0.004)
+    text(DISCLAIMER, size=8.5, bold=True, color="#b00000", gap=0.01)
+    if run_info.get("note"):
+        text("Note given with the upload: " + str(run_info["note"])[:600], size=8.5, gap=0.008)
+    text("Summary", size=11, bold=True, gap=0.002)
+    for label, value in summary_rows(analysis):
+        page.row(label, value, size=9)
+    page.y -= 0.008
+    for note in [LIVER_VOLUME_NOTE] + [n for n in analysis.notes if n != LIVER_VOLUME_NOTE]:
+        text("Note: " + note, size=8.5, color="#1f4fa0", gap=0.002)
+    if analysis.flags:
+        page.y -= 0.006
+        text("Please note", size=11, bold=True, gap=0.002)
+        for f in analysis.flags:
+            text("• " + f.message, size=8.5, color="#a05a00", gap=0.002)
+    page.y -= 0.01
+    text("Lesions", size=11, bold=True, gap=0.004)
+    head, rows = lesion_table(analysis)
+    if rows:
+        # as many rows as fit above the footnote and the model lines
+        h, shown = draw_table(c, head, rows, top=page.y, bottom=0.21, left=0.06, width=0.88, head_h=0.048,
+                              font_size=7.5, head_wrap=11)
+        page.y -= h + 0.012
+        if len(rows) > shown:
+            text(f"... and {len(rows) - shown} more lesions (see lesions.csv)", size=8)
+        text(
+            "RECIST 1.1: measurable = longest axial diameter ≥ 10 mm (2 × slice thickness when slices are "
+            "thicker than 5 mm); the two largest measurable lesions that are not of low confidence are target "
+            "candidates. Confidence = the model's mean tumor probability over the lesion: check low ones first. "
+            "Slices numbered from 1.",
+            size=7.5,
+            color="#444444",
         )
-        slots = [("overlay", (0.04, 0.63, 0.92, 0.3)), ("montage", (0.04, 0.05, 0.92, 0.56))]
-        for key, rect in slots:
-            p = images.get(key)
-            if p is None or not Path(p).is_file():
-                continue
-            ax = fig.add_axes(rect)
-            ax.imshow(mpimg.imread(str(p)))
-            ax.axis("off")
-        fig.text(0.5, 0.012, _wrap(DISCLAIMER, 130), fontsize=6.5, ha="center", va="bottom", color="#b00000")
-        pdf.savefig(fig)
-        d = pdf.infodict()
-        d["Title"] = "liverseg report" + (f" {case}" if case else "")
-        d["Creator"] = "liverseg"
+    elif no_liver(analysis):
+        text(NO_LIVER_MESSAGE, size=9, bold=True, color="#a05a00")
+    else:
+        text("No liver tumor was found.", size=9)
+    # model / run, at the bottom of the page
+    lines = [
+        f"Model: {model.get('name') or 'unknown'}" + (f" (version {model['version']})" if model.get("version") else ""),
+        f"Weights sha256: {model.get('sha256') or 'unknown'}",
+    ]
+    extra = [
+        f"{k}: {run_info[k]}" for k in ("input", "liverseg_version", "torch_version", "device", "created") if run_info.get(k)
+    ]
+    if extra:
+        lines.append(" · ".join(extra))
+    mono = [part for line in lines for part in _lines(line, _MONO, 7, 0.88 * _A4[0])]
+    _draw_lines(c, mono, 0.06 * _A4[0], 0.03 * _A4[1], font=_MONO, size=7, color="#444444", va="bottom")
+    c.showPage()
+
+    # ---------------------------------------------------------------- page 2
+    page = _Cursor(c, 0.97)
+    page.text("Images", size=12, bold=True)
+    page.y = 0.945
+    page.text(
+        "Green: liver (including tumor) · red: tumor · yellow: longest diameter · cyan: short axis · "
+        "patient's right on the left",
+        size=8,
+    )
+    slots = [("overlay", (0.04, 0.63, 0.92, 0.3)), ("montage", (0.04, 0.05, 0.92, 0.56))]
+    for key, rect in slots:
+        p = images.get(key)
+        if p is None or not Path(p).is_file():
+            continue
+        _draw_image(c, Path(p), rect)
+    _draw_footer_disclaimer(c, DISCLAIMER)
+    c.showPage()
+    c.save()

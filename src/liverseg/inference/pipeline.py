@@ -194,7 +194,7 @@ def run_case(
         pixel_size_mm: the pixel size (mm) of a PNG/JPEG slice, which the file does not
             state, so areas come out in mm²; ignored (with a warning) for an input that states
             its own spacing. ``None``: sizes of such a slice are in pixels.
-        pdf: write report.pdf (matplotlib: about 1.5–2 s of a warm case, more with its import in a new
+        pdf: write report.pdf (ReportLab; its time is in docs/speed_profile.md, more with its import in a new
             process). ``False``: no report.pdf; report.json's ``files`` has ``"pdf_on_demand": true``
             and no ``"pdf"``, and :func:`liverseg.reporting.pdf.write_report_pdf_from_folder` draws
             the same PDF from ``out_dir`` later (the web app does, on the first download).
@@ -309,8 +309,9 @@ def warm_up(predictor: Predictor) -> dict[str, float]:
 
     :meth:`Predictor.warm_up` (bundles loaded, networks built and run once), then the modules
     :func:`run_case` writes with are imported (highdicom for the DICOM SEG, scikit-image and
-    fast-simplification for the surfaces, Pillow for the pictures: about 1–2 s the first case
-    would otherwise pay). Returns the seconds per part.
+    fast-simplification for the surfaces, Pillow for the pictures, ReportLab and the PDF's fonts
+    for the first report download), which the first case would otherwise pay. Returns the
+    seconds per part.
     """
     timings = dict(predictor.warm_up())
     t0 = time.perf_counter()
@@ -322,7 +323,9 @@ def warm_up(predictor: Predictor) -> dict[str, float]:
     import liverseg.reporting.dicom_seg  # noqa: F401
     import liverseg.reporting.meshes  # noqa: F401
     import liverseg.reporting.overlays  # noqa: F401
+    from liverseg.reporting.pdf import load_fonts
 
+    load_fonts()  # the PDF is drawn on its first download: ReportLab and its fonts ready for it
     timings["imports"] = round(time.perf_counter() - t0, 3)
     return timings
 

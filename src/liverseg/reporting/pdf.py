@@ -34,7 +34,7 @@ from typing import Any, Sequence
 from liverseg.analysis import LIVER_VOLUME_NOTE, Analysis
 from liverseg.errors import InputError
 
-__all__ = ["PDF_FILE", "draw_table", "write_report_pdf", "write_report_pdf_from_folder"]
+__all__ = ["PDF_FILE", "draw_table", "load_fonts", "write_report_pdf", "write_report_pdf_from_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,11 @@ def _register_fonts() -> None:
             pdfmetrics.registerFont(TTFont(name, str(folder / file)))
         _fonts_registered = True
         log.debug("PDF fonts registered from %s", folder)
+
+
+def load_fonts() -> None:
+    """Import ReportLab and register the PDF's fonts now (a server's warm-up: its first PDF download is then quicker)."""
+    _register_fonts()
 
 
 def _new_canvas(target: Any, *, title: str) -> Any:

@@ -321,7 +321,7 @@ def write_report_files(
         labels: label Volume (0/1/2) on the CT's grid.
         analysis: :func:`liverseg.analysis.analyze` of ``labels`` (and ``ct``).
         run_info: what is known about the run (see the module docstring); stored as ``"run"``.
-        pdf: also draw report.pdf (matplotlib; about 1.5–2 s, plus matplotlib's import in a new
+        pdf: also draw report.pdf (ReportLab; its time is in docs/speed_profile.md, more with its import in a new
             process). ``False``: report.json's ``files`` has no ``"pdf"`` and has
             ``"pdf_on_demand": true`` instead; :func:`liverseg.reporting.pdf.write_report_pdf_from_folder`
             draws the same PDF from the folder later (the web app does, on the first download).

@@ -98,7 +98,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def ensure_report_pdf(folder: Path) -> Path:
     """``folder``'s report.pdf, drawn from its report.json first when it is not there yet.
 
-    One request draws it (:func:`liverseg.reporting.pdf.write_report_pdf_from_folder`, about 2 s,
+    One request draws it (:func:`liverseg.reporting.pdf.write_report_pdf_from_folder`,
     written under a temporary name and renamed); others asking for the same folder meanwhile
     wait for it and get the same file. One server per data folder (``lock.DataDirLock``), so
     the lock is this process's.

@@ -274,7 +274,8 @@ def test_reading_room_three_planes_3d_lesion_pick_and_a_saved_correction(served,
         assert painted > before["report"]["analysis"]["tumor_voxel_count"]
         _t('driver.find_element(By.ID, "rr')
         driver.find_element(By.ID, "rr-save").click()
-        wait.until(lambda d: "version=2" in d.current_url)
+        # the save re-measures every output of the CT inside the request (seconds when quiet, minutes on a loaded 2-core machine)
+        WebDriverWait(driver, 240, poll_frequency=0.5).until(lambda d: "version=2" in d.current_url)
         _wait_ready(driver)
         bar = driver.find_element(By.ID, "version-bar").text
         assert "Mask version 2" in bar and "radiologist" in bar

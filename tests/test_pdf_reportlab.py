@@ -14,28 +14,14 @@ import numpy as np
 import pytest
 
 from liverseg.analysis import analyze
-from liverseg.io import Volume
 from liverseg.reporting import pdf as report_pdf
 from liverseg.reporting import write_report_files
 from liverseg.reporting.report import DISCLAIMER, NO_LIVER_MESSAGE
 from liverseg.testing import phantom
+from test_report_page import _many_lesions
 
 RUN = {"case": "CT abdomen", "input": "CT abdomen.nii.gz", "note": "follow-up after TACE, compare with May",
        "device": "cpu", "created": "2025-01-01", "model": {"name": "tiny", "version": "0.1", "sha256": "ab" * 32}}
-
-
-def _many_lesions(n: int = 55) -> tuple[Volume, Volume]:
-    """Up to 50 small lesions in a liver that touches both ends of a thick-slice scan (several flags)."""
-    ct, _ = phantom(shape=(30, 64, 64), spacing=(6.0, 2.0, 2.0), lesions=())
-    labels = np.zeros(ct.shape, np.uint8)
-    labels[:, 8:56, 8:56] = 1
-    k = 0
-    for z in range(1, 29, 3):
-        for y in range(12, 52, 8):
-            if k < n:
-                labels[z, y:y + 2, 12 + (k % 5) * 8: 14 + (k % 5) * 8] = 2
-                k += 1
-    return ct, ct.with_array(labels, is_hu=False)
 
 
 def _streams(data: bytes) -> list[bytes]:

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", default=None, help="write the table here (default: OUT/table.md)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    ap.add_argument("--tta-axes", default=None, help="with --tta, mirror only these axes, e.g. 'z' (default: all three)")
     ap.add_argument("--min-lesion-confidence", type=float, default=None,
                     help="the Predictor's lesion rule (default: the Predictor's own default)")
     ap.add_argument("--confidence-sweep", type=float, nargs="*", default=[0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75])
@@ -104,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "pred").mkdir(parents=True, exist_ok=True)
     (out / "ref").mkdir(parents=True, exist_ok=True)
     kw = {} if args.min_lesion_confidence is None else {"min_lesion_confidence": args.min_lesion_confidence}
-    predictor = Predictor(args.model, model_2d=None, tta=args.tta, threads=args.threads, **kw)
+    tta_axes = None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()]
+    predictor = Predictor(args.model, model_2d=None, tta=args.tta, tta_axes=tta_axes, threads=args.threads, **kw)
     # the sweep re-scores one prediction per case, so predict with every lesion kept
-    sweep_predictor = Predictor(predictor.bundle("3d"), model_2d=None, tta=args.tta, threads=args.threads,
+    sweep_predictor = Predictor(predictor.bundle("3d"), model_2d=None, tta=args.tta, tta_axes=tta_axes, threads=args.threads,
                                 min_lesion_confidence=0.0)
-    results: dict = {"model": predictor.model_info("3d"), "tta": args.tta,
+    results: dict = {"model": predictor.model_info("3d"), "tta": args.tta, "tta_axes": tta_axes,
                      "min_lesion_confidence": predictor.min_lesion_confidence, "cases": {}, "sweep": {}}
 
     recipe = load_config(RECIPE)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Model `{results['model'].get('name')}` sha256 `{str(results['model'].get('sha256'))[:16]}…`, "
-        f"TTA {'on' if results['tta'] else 'off'}, min lesion confidence {results['min_lesion_confidence']:g}.",
+        f"TTA {('on (' + ','.join(results['tta_axes']) + ')' if results.get('tta_axes') else 'on') if results['tta'] else 'off'}, min lesion confidence {results['min_lesion_confidence']:g}.",
         "",
         "| case | liver Dice | liver ASSD (mm) | tumor Dice | lesions ref / pred | lesion recall | lesion precision "
         "| FP liver (mL) | FP liver > 20 mm away (mL) | lesions on no real tumor | predict (s) |",

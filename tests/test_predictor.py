@@ -108,6 +108,27 @@ def test_mirroring_tta_makes_the_prediction_flip_equivariant(forced):
     p0 = plain.predict(vol, return_probabilities=True)
     q0 = plain.predict(flipped, return_probabilities=True)
     assert np.abs(p0.probabilities[..., ::-1].astype(np.float32) - q0.probabilities).max() > 1e-2
+    # mirroring only z: 2 passes, equivariant under a z flip
+    z_only = Predictor(forced["single"], model_2d=None, tta=True, tta_axes=("z",))
+    calls.clear()
+    pz = z_only.predict(vol, return_probabilities=True, progress=lambda s, f: calls.append(s))
+    qz = z_only.predict(Volume(array=arr[::-1].copy(), spacing=(2.0, 2.0, 2.0)), return_probabilities=True)
+    np.testing.assert_allclose(pz.probabilities[:, ::-1], qz.probabilities, atol=2e-3)
+    assert calls.count("segment") == 2 and pz.model["tta_axes"] == ["z"]
+    for bad in ("z", (), ("w",)):
+        with pytest.raises(ValueError, match="tta_axes"):
+            Predictor(forced["single"], model_2d=None, tta=True, tta_axes=bad)
+
+
+def test_mirror_axes_of_a_subset():
+    from liverseg.inference.predictor import _mirror_axes
+
+    assert _mirror_axes(3, False, ("z",)) == [()]
+    assert _mirror_axes(3, True) == [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    assert _mirror_axes(3, True, ("z",)) == [(), (2,)]
+    assert _mirror_axes(3, True, ("x", "y")) == [(), (3,), (4,), (3, 4)]
+    assert _mirror_axes(2, True, ("z",)) == [()]  # a slice has no z to mirror
+    assert _mirror_axes(2, True, ("x",)) == [(), (3,)]
 
 
 def test_png_slice_is_mapped_to_pseudo_hu_and_uses_the_2d_bundle(tiny_bundle_3d, tiny_bundle_2d):

@@ -135,6 +135,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--model-2d", default="liver-tumor-2d",
                    help="model for single 2D slices: bundled name or bundle folder ('none': refuse slices)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
+    p.add_argument("--tta-axes", default=None, metavar="AXES",
+                   help="with --tta, mirror only these axes, e.g. 'z' (2 passes) or 'y,x' (default: z,y,x, 8 passes)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--overlap", type=_finite_float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
@@ -157,7 +159,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             model_2d=None if str(args.model_2d).lower() == "none" else args.model_2d,
             device=args.device,
             threads=args.threads,
-            tta=args.tta,
+            tta=args.tta or args.tta_axes is not None,
+            tta_axes=None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()],
             overlap=args.overlap,
             engine=args.engine,
         )

@@ -116,12 +116,22 @@ def _invert_probability(
     return TumorProbability(box=tuple(slice(a, b) for a, b in box), values=reorient.invert(prob.values))
 
 
-def _mirror_axes(nd: int, tta: bool) -> list[tuple[int, ...]]:
-    """Flip axes (of a (B, C, *spatial) tensor) for test-time augmentation: identity first."""
-    spatial = tuple(range(2, 2 + nd))
+#: Names of the spatial axes a mirroring TTA may flip, in the networks' (z, y, x) order.
+TTA_AXES = ("z", "y", "x")
+
+
+def _mirror_axes(nd: int, tta: bool, axes: Sequence[str] | None = None) -> list[tuple[int, ...]]:
+    """Flip axes (of a (B, C, *spatial) tensor) for test-time augmentation: identity first.
+
+    ``axes``: the spatial axes to mirror (names from :data:`TTA_AXES`; None: all of them); every
+    combination of them is one pass. A 2D network (nd 2) has only y and x.
+    """
     if not tta:
         return [()]
-    return [combo for r in range(nd + 1) for combo in itertools.combinations(spatial, r)]
+    names = TTA_AXES[-nd:]
+    chosen = names if axes is None else tuple(a for a in names if a in axes)
+    spatial = tuple(2 + names.index(a) for a in chosen)
+    return [combo for r in range(len(spatial) + 1) for combo in itertools.combinations(spatial, r)]
 
 
 def _linear_weights(n_in: int, n_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,6 +216,8 @@ class Predictor:
         device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``), or ``"auto"`` (CUDA when present).
         threads: CPU threads torch may use while predicting (None: torch's default).
         tta: mirroring test-time augmentation (all flips; 8× the network time in 3D).
+        tta_axes: with ``tta``, mirror only these axes (a subset of ``("z", "y", "x")``; every
+            combination is one pass: ``("z",)`` is 2 passes); None (default): all three.
         overlap: fraction (0 ≤ overlap < 1) by which neighbouring sliding windows overlap.
         min_tumor_volume_mm3: tumor components smaller than this (mm³) are dropped (become liver).
         engine: ``"torch"`` or ``"onnx"`` (ONNX Runtime on CPU; the networks are exported to a
@@ -239,6 +251,7 @@ class Predictor:
         device: str = "cpu",
         threads: int | None = None,
         tta: bool = False,
+        tta_axes: Sequence[str] | None = None,
         overlap: float = 0.5,
         min_tumor_volume_mm3: float = 10.0,
         engine: Literal["torch", "onnx"] = "torch",
@@ -257,6 +270,10 @@ class Predictor:
                 )
         if not isinstance(tta, bool):
             raise TypeError(f"tta must be True or False; got {type(tta).__name__} {tta!r}")
+        if tta_axes is not None:
+            if isinstance(tta_axes, str) or not tta_axes or any(a not in TTA_AXES for a in tta_axes):
+                raise ValueError(f"tta_axes must be a non-empty subset of {TTA_AXES} (e.g. ('z',)); got {tta_axes!r}")
+            tta_axes = tuple(a for a in TTA_AXES if a in tta_axes)
         for name, value in (("overlap", overlap), ("min_tumor_volume_mm3", min_tumor_volume_mm3),
                             ("liver_dilation_mm", liver_dilation_mm),
                             ("min_lesion_confidence", 0.0 if min_lesion_confidence is None else min_lesion_confidence)):
@@ -292,6 +309,7 @@ class Predictor:
         self._sources: dict[str, str | os.PathLike[str] | ModelBundle | None] = {"3d": model, "2d": model_2d}
         self.threads = None if threads is None else int(threads)
         self.tta = bool(tta)
+        self.tta_axes: tuple[str, ...] | None = tta_axes
         self.overlap = float(overlap)
         self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
         self.liver_dilation_mm = float(liver_dilation_mm)
@@ -394,6 +412,7 @@ class Predictor:
             ],
             "engine": self.engine,
             "tta": self.tta,
+            "tta_axes": list(self.tta_axes) if self.tta and self.tta_axes is not None else None,
             "overlap": self.overlap,
             "min_liver_confidence": self.liver_confidence_rule(kind),
         }
@@ -712,7 +731,7 @@ class Predictor:
                 slice_size = tuple(x.shape[2:])
                 x = resize_slices(x, roi_size)
         net = self._net(kind, bundle, stage)
-        flips = _mirror_axes(nd, self.tta)
+        flips = _mirror_axes(nd, self.tta, self.tta_axes)
         padded = [max(n, r) for n, r in zip(x.shape[2:], roi_size)]
         total = max(1, len(window_slices(padded, roi_size, self.overlap)) * len(flips))
         done = [0]

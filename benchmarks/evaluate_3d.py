@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 "lesions": len(a.lesions),
                 "lesions_10mm_or_more": len(big),
                 "diameters_mm": [les.longest_axial_diameter_mm for les in big],
-                "in_training_data": True,
+                # from the bundle's record (config.json train_data.train_cases); a fold may hold CHAOS out
+                "in_training_data": "chaos-ct-sample" in ((predictor.bundle("3d").info.get("train_data") or {})
+                                                          .get("train_cases") or ["chaos-ct-sample"]),
             }
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
@@ -223,7 +225,8 @@ def _markdown(results: dict, args: argparse.Namespace) -> str:
                   f"{_fmt(t['liver_dice_vs_totalsegmentator'])} ({t['liver_ml']} mL vs {t['liver_ml_totalsegmentator']} mL)."]
     if "chaos_healthy_liver" in results:
         c = results["chaos_healthy_liver"]
-        lines += [f"CHAOS healthy liver (a training case): {c['lesions']} lesions, {c['lesions_10mm_or_more']} of "
+        seen = "a training case" if c.get("in_training_data", True) else "held out from this bundle"
+        lines += [f"CHAOS healthy liver ({seen}): {c['lesions']} lesions, {c['lesions_10mm_or_more']} of "
                   f"10 mm or more {c['diameters_mm'] or ''}."]
     lines += ["", "```", "  ".join(["python benchmarks/evaluate_3d.py"] + sys.argv[1:]), "```", ""]
     return "\n".join(lines)

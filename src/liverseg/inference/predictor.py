@@ -365,14 +365,19 @@ class Predictor:
             log.info("loaded model %s (%s, sha256 %s…)", bundle.name, bundle.kind, bundle.sha256[:12])
             return bundle
 
-    def load(self) -> "Predictor":
-        """Load (and verify) the bundles and build their networks now instead of on first use."""
+    def _stage_nets(self) -> Iterator[tuple[Stage, Callable[[torch.Tensor], torch.Tensor]]]:
+        """Every stage of the configured bundles with its network (loaded, verified and built on first use)."""
         for kind in ("3d", "2d"):
             if kind == "2d" and self._sources["2d"] is None:
                 continue
             b = self.bundle(kind)  # type: ignore[arg-type]
             for stage in b.stages:
-                self._net(kind, b, stage)  # type: ignore[arg-type]
+                yield stage, self._net(kind, b, stage)
+
+    def load(self) -> "Predictor":
+        """Load (and verify) the bundles and build their networks now instead of on first use."""
+        for _ in self._stage_nets():
+            pass
         return self
 
     def warm_up(self) -> dict[str, float]:
@@ -387,13 +392,8 @@ class Predictor:
         self.load()
         t1 = time.perf_counter()
         with self._threads(), torch.no_grad():
-            for kind in ("3d", "2d"):
-                if kind == "2d" and self._sources["2d"] is None:
-                    continue
-                b = self.bundle(kind)  # type: ignore[arg-type]
-                for stage in b.stages:
-                    net = self._net(kind, b, stage)
-                    net(torch.zeros(self.sw_batch_size, 1, *stage.plan.patch_size, device=self.device))
+            for stage, net in self._stage_nets():
+                net(torch.zeros(self.sw_batch_size, 1, *stage.plan.patch_size, device=self.device))
         return {"load": round(t1 - t0, 3), "first_pass": round(time.perf_counter() - t1, 3)}
 
     def model_info(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, Any]:
@@ -550,9 +550,11 @@ class Predictor:
         final, n_dropped = drop_unconfident_lesions(post.labels, tumor_probability, min_confidence=rule["drop_below"])
         post_summary = {**post.summary(), "low_confidence_lesions_dropped": n_dropped}
         liver_rule = self.liver_confidence_rule(kind)
+        full_probs: np.ndarray | None = None  # the softmax on the input grid, made once if anything needs it
         if liver_rule > 0 and (final > 0).any():
             # the bundle's whole-liver rule (2D: faint specks on a slice without liver); see analysis.confidence
-            fg_prob = 1.0 - self._full_probabilities(probs, hu.shape, roi)[0].astype(np.float32)
+            full_probs = self._full_probabilities(probs, hu.shape, roi)
+            fg_prob = 1.0 - full_probs[0].astype(np.float32)
             final, liver_conf, liver_dropped = drop_unconfident_liver(final, fg_prob, min_confidence=liver_rule)
             post_summary["liver_confidence"] = round(liver_conf, 4) if liver_conf is not None else None
             if liver_dropped:
@@ -565,7 +567,7 @@ class Predictor:
         probabilities = None
         if return_probabilities:
             t0 = time.perf_counter()
-            probabilities = self._full_probabilities(probs, hu.shape, roi)
+            probabilities = full_probs if full_probs is not None else self._full_probabilities(probs, hu.shape, roi)
             timings["resample"] += time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         report("done", 1.0)

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-lesion-confidence", type=float, default=None,
                     help="the Predictor's lesion rule (default: the Predictor's own default)")
     ap.add_argument("--confidence-sweep", type=float, nargs="*", default=[0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75])
+    ap.add_argument("--neck-radius-mm", type=float, default=6.0,
+                    help="postprocessing: cut parts hanging on the liver by a neck narrower than twice this (mm); 0: off")
     ap.add_argument("--no-external", action="store_true", help="skip the TotalSegmentator and CHAOS checks")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -106,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "ref").mkdir(parents=True, exist_ok=True)
     kw = {} if args.min_lesion_confidence is None else {"min_lesion_confidence": args.min_lesion_confidence}
     tta_axes = None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()]
+    kw["neck_radius_mm"] = args.neck_radius_mm
     predictor = Predictor(args.model, model_2d=None, tta=args.tta, tta_axes=tta_axes, threads=args.threads, **kw)
     # the sweep re-scores one prediction per case, so predict with every lesion kept
     sweep_predictor = Predictor(predictor.bundle("3d"), model_2d=None, tta=args.tta, tta_axes=tta_axes, threads=args.threads,
-                                min_lesion_confidence=0.0)
+                                min_lesion_confidence=0.0, neck_radius_mm=args.neck_radius_mm)
     results: dict = {"model": predictor.model_info("3d"), "tta": args.tta, "tta_axes": tta_axes,
+                     "neck_radius_mm": args.neck_radius_mm,
                      "min_lesion_confidence": predictor.min_lesion_confidence, "cases": {}, "sweep": {}}
 
     recipe = load_config(RECIPE)
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Model `{results['model'].get('name')}` sha256 `{str(results['model'].get('sha256'))[:16]}…`, "
-        f"TTA {('on (' + ','.join(results['tta_axes']) + ')' if results.get('tta_axes') else 'on') if results['tta'] else 'off'}, min lesion confidence {results['min_lesion_confidence']:g}.",
+        f"TTA {('on (' + ','.join(results['tta_axes']) + ')' if results.get('tta_axes') else 'on') if results['tta'] else 'off'}, min lesion confidence {results['min_lesion_confidence']:g}, neck rule {results.get('neck_radius_mm', 0):g} mm.",
         "",
         "| case | liver Dice | liver ASSD (mm) | tumor Dice | lesions ref / pred | lesion recall | lesion precision "
         "| FP liver (mL) | FP liver > 20 mm away (mL) | lesions on no real tumor | predict (s) |",

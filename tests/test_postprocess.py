@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liverseg.inference.postprocess import fill_holes, largest_component, postprocess_labels
+from liverseg.inference.postprocess import detach_necks, fill_holes, largest_component, postprocess_labels
 
 
 def _liver_block(shape=(10, 20, 20), box=(slice(2, 8), slice(4, 16), slice(4, 16))) -> np.ndarray:
@@ -148,5 +148,49 @@ def test_matches_a_whole_array_reference_on_random_masks(seed):
     if seed % 2:
         labels[:, :, :3] = labels[:, :, 3:6]  # structures on the array's faces
     spacing = (2.0, 0.8, 0.8)
-    got = postprocess_labels(labels, spacing=spacing, min_tumor_volume_mm3=4.0).labels
+    got = postprocess_labels(labels, spacing=spacing, min_tumor_volume_mm3=4.0, neck_radius_mm=0).labels
     np.testing.assert_array_equal(got, _reference_postprocess(labels, spacing, min_tumor_volume_mm3=4.0))
+
+
+def _ball_mask(shape, centre, radius):
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius ** 2
+
+
+def test_a_blob_hanging_on_the_liver_by_a_narrow_neck_is_cut_off():
+    """The heart above the dome, drawn as liver through the diaphragm: a thick blob joined by a thin bridge."""
+    shape = (60, 60, 90)  # 1 mm voxels
+    liver = _ball_mask(shape, (30, 30, 30), 22)  # ~45 mL
+    heart = _ball_mask(shape, (30, 30, 72), 9)  # ~3 mL, 20 mm away from the liver's surface
+    neck = np.zeros(shape, bool)
+    neck[28:32, 28:32, 50:65] = True  # a 4 × 4 mm bridge
+    tongue = np.zeros(shape, bool)
+    tongue[29:31, 5:55, 8:14] = True  # a thin liver edge (2 mm): no core of its own, stays
+    lab = (liver | heart | neck | tongue).astype(np.uint8)
+    res = postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_tumor_volume_mm3=0)
+    out = res.labels
+    assert out[heart].sum() == 0
+    assert (out[liver] == 1).all() and (out[tongue] == 1).all()
+    assert res.detached_by_neck_voxels >= heart.sum()
+    # off: the blob stays (one component with the liver)
+    assert (postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), neck_radius_mm=0).labels[heart] == 1).all()
+    # unknown spacing (a PNG) or one slice: never applied
+    assert detach_necks(lab[:1] > 0, spacing=(1.0, 1.0, 1.0)).sum() == 0
+
+
+def test_the_neck_rule_keeps_large_parts_and_pedunculated_lesions():
+    shape = (60, 60, 100)
+    a = _ball_mask(shape, (30, 30, 28), 22)
+    b = _ball_mask(shape, (30, 30, 75), 18)  # a big second lobe (~ half of a): real liver, kept
+    neck = np.zeros(shape, bool)
+    neck[28:32, 28:32, 48:60] = True
+    lab = (a | b | neck).astype(np.uint8)
+    assert (postprocess_labels(lab, spacing=(1.0, 1.0, 1.0)).labels[b] == 1).all()
+    # a small blob that is tumor (an exophytic lesion on a stalk) is not cut either
+    lesion = _ball_mask(shape, (30, 30, 62), 8) & ~a
+    lab = (a | neck[:, :, :]).astype(np.uint8)
+    lab[lesion] = 2
+    out = postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_tumor_volume_mm3=0, min_liver_contact=0.0).labels
+    assert (out[lesion] == 2).all()
+    with pytest.raises(ValueError, match="neck_radius_mm"):
+        postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), neck_radius_mm=-1)

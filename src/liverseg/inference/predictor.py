@@ -232,6 +232,9 @@ class Predictor:
             below this is reported as having no liver (:func:`~liverseg.analysis.confidence.drop_unconfident_liver`);
             0 turns the rule off; None (default): the bundle's own rule (config.json
             ``liver_confidence`` ``drop_below``: the 2D bundle has one, the 3D bundle none).
+        neck_radius_mm: postprocessing rule 1b (:func:`~liverseg.inference.postprocess.detach_necks`):
+            a small part joined to the liver only through a neck narrower than twice this (mm),
+            such as the heart drawn as liver through the diaphragm, is cut off; 0 turns it off.
 
     Bundles are loaded (and their sha256 checked) when first needed; :meth:`load` loads them now.
     One Predictor may serve several threads.
@@ -259,6 +262,7 @@ class Predictor:
         liver_dilation_mm: float = 3.0,
         min_lesion_confidence: float | None = None,
         min_liver_confidence: float | None = None,
+        neck_radius_mm: float = 6.0,
     ) -> None:
         for name, source in (("model", model), ("model_2d", model_2d)):
             if source is None and name == "model":
@@ -275,7 +279,7 @@ class Predictor:
                 raise ValueError(f"tta_axes must be a non-empty subset of {TTA_AXES} (e.g. ('z',)); got {tta_axes!r}")
             tta_axes = tuple(a for a in TTA_AXES if a in tta_axes)
         for name, value in (("overlap", overlap), ("min_tumor_volume_mm3", min_tumor_volume_mm3),
-                            ("liver_dilation_mm", liver_dilation_mm),
+                            ("liver_dilation_mm", liver_dilation_mm), ("neck_radius_mm", neck_radius_mm),
                             ("min_lesion_confidence", 0.0 if min_lesion_confidence is None else min_lesion_confidence)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
@@ -291,6 +295,8 @@ class Predictor:
             raise ValueError(f"min_tumor_volume_mm3 must be >= 0 mm³; got {min_tumor_volume_mm3}")
         if not 0 <= float(liver_dilation_mm) <= 50:
             raise ValueError(f"liver_dilation_mm must be in 0..50 mm; got {liver_dilation_mm}")
+        if not 0 <= float(neck_radius_mm) <= 30:
+            raise ValueError(f"neck_radius_mm must be in 0..30 mm (0 turns the rule off); got {neck_radius_mm}")
         for name, value in (("min_lesion_confidence", min_lesion_confidence), ("min_liver_confidence", min_liver_confidence)):
             if value is None:
                 continue
@@ -313,6 +319,7 @@ class Predictor:
         self.overlap = float(overlap)
         self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
         self.liver_dilation_mm = float(liver_dilation_mm)
+        self.neck_radius_mm = float(neck_radius_mm)
         self._min_lesion_confidence = None if min_lesion_confidence is None else float(min_lesion_confidence)
         self._min_liver_confidence = None if min_liver_confidence is None else float(min_liver_confidence)
         self.engine = engine
@@ -545,6 +552,7 @@ class Predictor:
             spacing=spacing,
             min_tumor_volume_mm3=self.min_tumor_volume_mm3,
             liver_dilation_mm=self.liver_dilation_mm,
+            neck_radius_mm=self.neck_radius_mm,
         )
         rule = self.lesion_confidence_rule(kind)
         final, n_dropped = drop_unconfident_lesions(post.labels, tumor_probability, min_confidence=rule["drop_below"])

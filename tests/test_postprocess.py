@@ -160,10 +160,10 @@ def _ball_mask(shape, centre, radius):
 def test_a_blob_hanging_on_the_liver_by_a_narrow_neck_is_cut_off():
     """The heart above the dome, drawn as liver through the diaphragm: a thick blob joined by a thin bridge."""
     shape = (60, 60, 90)  # 1 mm voxels
-    liver = _ball_mask(shape, (30, 30, 30), 22)  # ~45 mL
-    heart = _ball_mask(shape, (30, 30, 72), 9)  # ~3 mL, 20 mm away from the liver's surface
+    liver = _ball_mask(shape, (30, 30, 30), 27)  # ~82 mL
+    heart = _ball_mask(shape, (30, 30, 76), 9)  # ~3 mL (under 5 % of it), 10 mm from the liver's surface
     neck = np.zeros(shape, bool)
-    neck[28:32, 28:32, 50:65] = True  # a 4 × 4 mm bridge
+    neck[28:32, 28:32, 50:70] = True  # a 4 × 4 mm bridge
     tongue = np.zeros(shape, bool)
     tongue[29:31, 5:55, 8:14] = True  # a thin liver edge (2 mm): no core of its own, stays
     lab = (liver | heart | neck | tongue).astype(np.uint8)
@@ -194,3 +194,15 @@ def test_the_neck_rule_keeps_large_parts_and_pedunculated_lesions():
     assert (out[lesion] == 2).all()
     with pytest.raises(ValueError, match="neck_radius_mm"):
         postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), neck_radius_mm=-1)
+
+
+def test_the_neck_rule_leaves_a_liver_in_many_pieces_alone():
+    """A poor prediction (beads on a string): each bead is a small territory, together most of the liver."""
+    shape = (30, 30, 130)
+    lab = np.zeros(shape, np.uint8)
+    for k in range(8):
+        lab[_ball_mask(shape, (15, 15, 10 + 15 * k), 7)] = 1
+    lab[14:17, 14:17, 5:125] = 1  # the string: one component
+    before = int((lab > 0).sum())
+    res = postprocess_labels(lab, spacing=(1.0, 1.0, 1.0), min_tumor_volume_mm3=0)
+    assert res.detached_by_neck_voxels == 0 and int((res.labels > 0).sum()) == before

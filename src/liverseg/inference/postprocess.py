@@ -84,7 +84,7 @@ def detach_necks(
     *,
     spacing: Sequence[float],
     neck_radius_mm: float = 6.0,
-    max_share: float = 0.1,
+    max_share: float = 0.05,
     tumor: np.ndarray | None = None,
     grid_mm: float = 3.0,
 ) -> np.ndarray:
@@ -94,7 +94,8 @@ def detach_necks(
     ball, computed as a distance transform). Every foreground voxel belongs to the territory
     of its nearest core; the largest territory is the liver. Another territory is returned
     (to be removed) when it holds at most ``max_share`` of the foreground and, where ``tumor``
-    is given, less than half of it is tumor. A blob joined through a bridge narrower than
+    is given, less than half of it is tumor; nothing is removed when those territories together
+    hold more than ``max_share`` (a foreground in many pieces). A blob joined through a bridge narrower than
     ``2 × neck_radius_mm`` forms its own core; thin edges and tips of the liver form none, so
     they stay with the liver.
 
@@ -124,7 +125,8 @@ def detach_necks(
     if n <= 1:
         return none
     _, nearest = ndimage.distance_transform_edt(cores == 0, sampling=csp, return_indices=True)
-    territory = np.where(coarse, cores[tuple(nearest)], 0)
+    owner = cores[tuple(nearest)]  # every coarse voxel's nearest core, also off the foreground: a fine voxel
+    territory = np.where(coarse, owner, 0)  # whose block's sample point misses the foreground still gets one
     sizes = np.bincount(territory.ravel(), minlength=n + 1)
     sizes[0] = 0
     main = int(np.argmax(sizes))
@@ -133,9 +135,11 @@ def detach_necks(
         t = np.asarray(tumor, bool)[:: step[0], :: step[1], :: step[2]]
         t_sizes = np.bincount(territory[t], minlength=n + 1)
         drop = [k for k in drop if t_sizes[k] < 0.5 * sizes[k]]
-    if not drop:
+    if not drop or sizes[drop].sum() > max_share * sizes.sum():
+        # nothing hangs by a neck, or the foreground is in many pieces (a prediction that found
+        # little of the liver): cutting would remove liver, not a neighbour drawn as liver
         return none
-    bad = np.isin(territory, drop)
+    bad = np.isin(owner, drop)
     for axis, k in enumerate(step):
         bad = np.repeat(bad, k, axis=axis)
     return bad[: fg.shape[0], : fg.shape[1], : fg.shape[2]] & fg
@@ -219,7 +223,7 @@ def postprocess_labels(
     liver_dilation_mm: float = 3.0,
     min_liver_contact: float = 0.2,
     neck_radius_mm: float = 6.0,
-    max_detached_share: float = 0.1,
+    max_detached_share: float = 0.05,
 ) -> PostprocessResult:
     """Clean a (z, y, x) label mask (see the module docstring for the rules).
 

@@ -150,7 +150,7 @@ def _write_probabilities(path: Path, ct: Volume, probabilities: np.ndarray) -> P
     import nibabel as nib
 
     data = np.clip(np.rint(probabilities.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(3, 2, 1, 0)), ct.affine_ras())
+    img = nib.Nifti1Image(data.transpose(3, 2, 1, 0), ct.affine_ras())  # a Fortran-order view: NIfTI's order, no copy
     img.header.set_slope_inter(1.0 / 255.0, 0.0)
     img.header["descrip"] = b"liverseg softmax: 0 bg, 1 liver, 2 tumor"
     nib.save(img, str(path))

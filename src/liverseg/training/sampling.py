@@ -5,7 +5,10 @@ workers and DDP ranks with a ``DistributedSampler`` draw different, reproducible
 
 1. pick a case (uniformly) and a mode: centred on **tumor** (``tumor_fraction`` of samples;
    a real lesion, or a synthetic one painted there when the case has none and synthetic
-   tumors are on), on **liver** (the rest of ``foreground_fraction``), or **random**;
+   tumors are on), on **liver** (the rest of ``foreground_fraction``), on a liver **edge**
+   (``edge_fraction``: a slice within ``edge_mm`` of the liver's first or last axial slice,
+   inside or beyond it, where the dome meets the heart and the tip meets bowel and kidney),
+   or **random**;
 2. crop a slightly larger region around the centre (3D; 2D: the whole axial slice);
 3. paint synthetic tumors (HU, liver voxels only, labels -> 2);
 4. spatial augmentation (rotation/scaling/optional elastic, mirroring) which also cuts the
@@ -48,7 +51,7 @@ PAD_HU = -1024
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
     """Where a sample comes from: case index, mode (``"tumor"``, ``"synthetic"``, ``"liver"``,
-    ``"random"``) and the centre voxel (z, y, x) in the cached case."""
+    ``"edge"``, ``"random"``) and the centre voxel (z, y, x) in the cached case."""
 
     case_index: int
     mode: str
@@ -115,6 +118,8 @@ class PatchDataset(torch.utils.data.Dataset):
         liver_only_synthetic_annotated: bool = False,
         liver_only_tumor_free: bool = False,
         contrast_phase: bool = False,
+        edge_fraction: float = 0.0,
+        edge_mm: float = 25.0,
     ) -> None:
         if not cases:
             raise ValueError("PatchDataset needs at least one cached case")
@@ -124,6 +129,11 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ValueError(
                 "need 0 <= tumor_fraction <= foreground_fraction <= 1 (tumor-centred samples are part of the "
                 f"foreground-centred ones); got tumor_fraction={tumor_fraction}, foreground_fraction={foreground_fraction}"
+            )
+        if not 0.0 <= edge_fraction <= 1.0 - foreground_fraction + 1e-9 or edge_mm <= 0:
+            raise ValueError(
+                "need 0 <= edge_fraction <= 1 - foreground_fraction (edge samples come from the random "
+                f"remainder) and edge_mm > 0; got edge_fraction={edge_fraction}, edge_mm={edge_mm}"
             )
         if len(plan.patch_size) == 3 and plan.spacing_mm is not None:
             for c in cases:
@@ -137,6 +147,8 @@ class PatchDataset(torch.utils.data.Dataset):
         self.samples_per_epoch = int(samples_per_epoch)
         self.foreground_fraction = float(foreground_fraction)
         self.tumor_fraction = float(tumor_fraction)
+        self.edge_fraction = float(edge_fraction)
+        self.edge_mm = float(edge_mm)
         self.synthetic_tumors = synthetic_tumors
         self.seed = int(seed)
         self.epoch = 0
@@ -175,8 +187,12 @@ class PatchDataset(torch.utils.data.Dataset):
                 mode = "liver"
         elif r < self.foreground_fraction:
             mode = "liver"
-        if mode == "liver" and not len(case.liver_coords):
+        elif r < self.foreground_fraction + self.edge_fraction:
+            mode = "edge"
+        if mode in ("liver", "edge") and not len(case.liver_coords):
             mode = "random"
+        if mode == "edge":
+            return SampleSpec(ci, mode, self._edge_centre(case, rng))
         if mode == "tumor":
             centre = case.tumor_coords[int(rng.integers(len(case.tumor_coords)))]
         elif mode in ("liver", "synthetic"):
@@ -184,6 +200,18 @@ class PatchDataset(torch.utils.data.Dataset):
         else:
             centre = np.asarray([int(rng.integers(n)) for n in case.shape])
         return SampleSpec(ci, mode, tuple(int(c) for c in centre))  # type: ignore[arg-type]
+
+    def _edge_centre(self, case: CachedCase, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A centre on a slice within ``edge_mm`` of the liver's first or last slice (either side of it);
+        in-plane, a liver voxel of the liver slice nearest to it."""
+        coords = case.liver_coords
+        zs = coords[:, 0]
+        end = int(zs.min()) if rng.random() < 0.5 else int(zs.max())
+        reach = max(1, int(round(self.edge_mm / float(case.spacing_mm[0]))))
+        z = int(np.clip(end + int(rng.integers(-reach, reach + 1)), 0, case.shape[0] - 1))
+        near = coords[np.abs(zs - z) == np.abs(zs - z).min()]
+        y, x = near[int(rng.integers(len(near)))][1:]
+        return z, int(y), int(x)
 
     def spec(self, index: int) -> SampleSpec:
         """The case, mode and centre that sample ``index`` of the current epoch uses."""

@@ -171,7 +171,7 @@ class DisplaySliceDataset(PatchDataset):
         plan: a 2D plan with ``input_kind="display"``.
         render: the export simulation's probabilities.
         samples_per_epoch, foreground_fraction, tumor_fraction, augment, synthetic_tumors,
-        seed, liver_only_synthetic_annotated: as for ``PatchDataset``.
+        seed, liver_only_synthetic_annotated, edge_fraction, edge_mm: as for ``PatchDataset``.
         liver_only_tumor_free: liver-only *volumes* count as tumor-free livers (fully
             supervised, e.g. CHAOS, 3D-IRCADb 7); the real 8-bit slices stay liver-only
             (marginal loss) whatever this says, since their livers may hold tumors.
@@ -195,6 +195,8 @@ class DisplaySliceDataset(PatchDataset):
         seed: int = 0,
         liver_only_synthetic_annotated: bool = False,
         liver_only_tumor_free: bool = False,
+        edge_fraction: float = 0.0,
+        edge_mm: float = 25.0,
     ) -> None:
         if plan.input_kind != "display" or len(plan.patch_size) != 2:
             raise ValueError("DisplaySliceDataset needs a 2D plan with input_kind='display'")
@@ -204,6 +206,7 @@ class DisplaySliceDataset(PatchDataset):
             cases, plan=plan, samples_per_epoch=samples_per_epoch, foreground_fraction=foreground_fraction,
             tumor_fraction=tumor_fraction, augment=augment, synthetic_tumors=synthetic_tumors, seed=seed,
             mirror=False, liver_only_synthetic_annotated=liver_only_synthetic_annotated,
+            edge_fraction=edge_fraction, edge_mm=edge_mm,
         )
         self.liver_only_tumor_free = bool(liver_only_tumor_free)
         self.images = list(images)
@@ -301,4 +304,6 @@ def display_slice_dataset(
         seed=seed,
         liver_only_synthetic_annotated=stage.liver_only_synthetic_annotated,
         liver_only_tumor_free=getattr(stage, "liver_only", "marginal") == "tumor_free",
+        edge_fraction=getattr(stage, "edge_fraction", 0.0),
+        edge_mm=getattr(stage, "edge_mm", 25.0),
     )

@@ -391,6 +391,8 @@ def _patch_dataset(cached: list[Any], stage: StageConfig, plan: Plan, samples: i
         liver_only_synthetic_annotated=stage.liver_only_synthetic_annotated,
         liver_only_tumor_free=stage.liver_only == "tumor_free",
         contrast_phase=stage.contrast_phase,
+        edge_fraction=stage.edge_fraction,
+        edge_mm=stage.edge_mm,
     )
 
 

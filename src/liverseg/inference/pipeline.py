@@ -208,7 +208,7 @@ def run_case(
     """
     from liverseg.analysis import analyze
     from liverseg.io import read_volume_with_sources, write_mask
-    from liverseg.reporting import write_report_files
+    from liverseg.reporting import write_report_files, write_report_pictures
 
     src = Path(input_path)
     out = Path(out_dir)
@@ -268,8 +268,10 @@ def run_case(
                 written.update(write_meshes_or_warn(tmp, prediction.labels, mesh_warnings))
             return written
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="liverseg-write") as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="liverseg-write") as pool:
             beside = pool.submit(volumes)
+            # the pictures (numpy + Pillow's encoder, which releases the GIL) beside both
+            drawn = pool.submit(write_report_pictures, tmp, ct=ct, labels=prediction.labels, analysis=analysis)
             try:
                 if str(ct.metadata.get("format", "")).startswith("dicom"):
                     try:
@@ -280,15 +282,16 @@ def run_case(
                         run_info["warnings"].append(f"no DICOM SEG was written: {exc}")
                         run_info["dicom_seg_missing"] = str(exc)
             finally:
-                concurrent.futures.wait([beside])
+                concurrent.futures.wait([beside, drawn])
             files = {**beside.result(), **files}  # the thread's exception, if any, is raised here
+            pictures = drawn.result()
         run_info["warnings"].extend(mesh_warnings)
         # the HTML/PDF show the times up to here; report.json gets the final ones below
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case
         run_info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         paths = write_report_files(tmp, ct=ct, labels=prediction.labels, analysis=analysis, run_info=run_info,
-                                   pdf=pdf)
+                                   pdf=pdf, pictures=pictures)
         timings["write"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_case
         doc = json.loads(Path(paths["json"]).read_text(encoding="utf-8"))

@@ -6,7 +6,7 @@
 
 from liverseg.reporting.dicom_seg import write_dicom_seg
 from liverseg.reporting.overlays import render_slice_png, render_slice_rgb, write_montage_png, write_overlay_png
-from liverseg.reporting.report import DISCLAIMER, report_dict, write_lesions_csv, write_report_files
+from liverseg.reporting.report import DISCLAIMER, report_dict, write_lesions_csv, write_report_files, write_report_pictures
 
 __all__ = [
     "DISCLAIMER",
@@ -18,4 +18,5 @@ __all__ = [
     "write_montage_png",
     "write_overlay_png",
     "write_report_files",
+    "write_report_pictures",
 ]

@@ -304,6 +304,25 @@ def render_html(analysis: Analysis, run_info: dict[str, Any], *, images: dict[st
 PDF_ON_DEMAND = "pdf_on_demand"
 
 
+def write_report_pictures(out_dir: str | Path, *, ct: Volume, labels: Volume, analysis: Analysis) -> dict[str, Path]:
+    """Draw overlay.png and montage.png into ``out_dir`` (the pictures report.html/.pdf embed).
+
+    Separate from :func:`write_report_files` so a caller can draw them beside other work
+    (``run_case`` does, in a thread beside the DICOM SEG) and hand them over with ``pictures=``.
+
+    Returns:
+        ``{"overlay", "montage"}`` → paths written.
+    """
+    if labels.shape != ct.shape:
+        raise ValueError(f"labels shape {labels.shape} differs from the CT's {ct.shape}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"overlay": out / "overlay.png", "montage": out / "montage.png"}
+    write_overlay_png(paths["overlay"], ct, labels, analysis)
+    write_montage_png(paths["montage"], ct, labels)
+    return paths
+
+
 def write_report_files(
     out_dir: str | Path,
     *,
@@ -312,6 +331,7 @@ def write_report_files(
     analysis: Analysis,
     run_info: dict[str, Any],
     pdf: bool = True,
+    pictures: dict[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Write report.json, lesions.csv, overlay.png, montage.png, report.html and (with ``pdf``) report.pdf.
 
@@ -325,6 +345,8 @@ def write_report_files(
             process). ``False``: report.json's ``files`` has no ``"pdf"`` and has
             ``"pdf_on_demand": true`` instead; :func:`liverseg.reporting.pdf.write_report_pdf_from_folder`
             draws the same PDF from the folder later (the web app does, on the first download).
+        pictures: what :func:`write_report_pictures` returned for this folder (they are not drawn
+            again); ``None``: draw them here.
 
     Returns:
         ``{"json", "csv", "overlay", "montage", "html", "pdf"}`` → paths written (no ``"pdf"`` without ``pdf``).
@@ -343,8 +365,9 @@ def write_report_files(
         "html": out / "report.html",
         "pdf": out / "report.pdf",
     }
-    write_overlay_png(paths["overlay"], ct, labels, analysis)
-    write_montage_png(paths["montage"], ct, labels)
+    if pictures is None:
+        pictures = write_report_pictures(out, ct=ct, labels=labels, analysis=analysis)
+    paths.update(overlay=Path(pictures["overlay"]), montage=Path(pictures["montage"]))
     write_lesions_csv(paths["csv"], analysis)
     images = {"overlay": paths["overlay"], "montage": paths["montage"]}
     paths["html"].write_text(render_html(analysis, run_info, images=images), encoding="utf-8")

@@ -44,11 +44,14 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from liverseg.analysis.components import label_components
+
 __all__ = ["PostprocessResult", "postprocess_labels", "largest_component", "fill_holes", "detach_necks"]
 
 log = logging.getLogger(__name__)
 
 _FULL_3D = np.ones((3, 3, 3), bool)  # 26-connectivity (the LiTS convention)
+_FACES_3D = ndimage.generate_binary_structure(3, 1)  # 6-connectivity (background, for holes)
 
 
 @dataclasses.dataclass
@@ -71,7 +74,7 @@ class PostprocessResult:
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a boolean (z, y, x) mask (empty stays empty)."""
     mask = np.asarray(mask, bool)
-    lab, n = ndimage.label(mask, structure=_FULL_3D)
+    lab, n = label_components(mask, connectivity=26)
     if n <= 1:
         return mask.copy()
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
@@ -121,7 +124,7 @@ def detach_necks(
     coarse = fg[:: step[0], :: step[1], :: step[2]]
     csp = [float(s) * k for s, k in zip(spacing, step)]
     depth = ndimage.distance_transform_edt(coarse, sampling=csp)
-    cores, n = ndimage.label(depth > neck_radius_mm, structure=_FULL_3D)
+    cores, n = label_components(depth > neck_radius_mm, connectivity=26)
     if n <= 1:
         return none
     _, nearest = ndimage.distance_transform_edt(cores == 0, sampling=csp, return_indices=True)
@@ -151,7 +154,10 @@ _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 def _enclosed(background: np.ndarray, structure: np.ndarray, faces: tuple[int, ...]) -> np.ndarray:
     """Background components (under ``structure``) that touch none of the array's faces on ``faces`` axes."""
-    lab, n = ndimage.label(background, structure=structure)
+    if structure is _FACES_3D:
+        lab, n = label_components(background, connectivity=6)
+    else:
+        lab, n = ndimage.label(background, structure=structure)
     if n == 0:
         return np.zeros(background.shape, bool)
     open_labels = set()
@@ -179,7 +185,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     # outside the mask, so the background components touching them are those open to the border
     box = _bbox(mask, (1,) * mask.ndim)
     background = ~mask[box]
-    holes = _enclosed(background, ndimage.generate_binary_structure(3, 1), (0, 1, 2))
+    holes = _enclosed(background, _FACES_3D, (0, 1, 2))
     holes |= _enclosed(background, _IN_PLANE, (1, 2))
     out = mask.copy()
     out[box] |= holes
@@ -292,7 +298,7 @@ def postprocess_labels(
         # tumor components are labelled inside the tumor's box grown by one voxel, which holds
         # every component's one-voxel shell
         tbox = _bbox(tumor, (1, 1, 1))
-        comp, n = ndimage.label(tumor[tbox], structure=_FULL_3D)
+        comp, n = label_components(tumor[tbox], connectivity=26)
         lv, out_t = liver[tbox], outside[tbox]
         for k, sl in enumerate(ndimage.find_objects(comp), start=1):
             grow = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in sl)
@@ -308,7 +314,7 @@ def postprocess_labels(
     tumor = tumor_filled
     if spacing is not None and min_tumor_volume_mm3 > 0 and tumor.any():
         tbox = _bbox(tumor, (0, 0, 0))
-        comp, n = ndimage.label(tumor[tbox], structure=_FULL_3D)
+        comp, n = label_components(tumor[tbox], connectivity=26)
         sizes_mm3 = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing))
         small = np.flatnonzero(sizes_mm3 < min_tumor_volume_mm3)
         small = small[small > 0]

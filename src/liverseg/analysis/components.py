@@ -1,0 +1,45 @@
+"""Connected components of 3D masks, with cc3d (connected-components-3d).
+
+``cc3d.connected_components`` labels a CT-sized mask 2.5–5× faster than
+``scipy.ndimage.label`` (3D-IRCADb 17's liver box, 114 × 271 × 275: 0.034 s against 0.155 s
+for the 26-connected liver, 0.10 s against 0.23 s for its background); postprocessing labels
+a case's liver, background and tumors about ten times. The labels are numbered in a
+different order than scipy's; nothing here depends on the order.
+
+>>> import numpy as np
+>>> m = np.zeros((1, 4, 6), bool); m[0, 1, 1] = m[0, 2, 4] = True
+>>> label_components(m, connectivity=26)[1]
+2
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["label_components"]
+
+
+def label_components(mask: np.ndarray, *, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """Label the connected components of a boolean 3D mask.
+
+    Args:
+        mask: boolean (z, y, x) array.
+        connectivity: 26 (faces, edges and corners, the LiTS convention), 18 or 6 (faces only).
+
+    Returns:
+        ``(labels, n)``: an integer array (0 background, 1..n the components) and n.
+
+    Raises:
+        ValueError: a mask that is not 3D, or another connectivity.
+    """
+    import cc3d
+
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 3:
+        raise ValueError(f"label_components needs a 3D (z, y, x) mask; got shape {mask.shape}")
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"connectivity must be 6, 18 or 26; got {connectivity}")
+    if not mask.any():
+        return np.zeros(mask.shape, np.uint32), 0
+    labels, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity, return_N=True)
+    return labels, int(n)

@@ -234,22 +234,10 @@ def run_case(
     for k, v in prediction.timings_s.items():
         timings[k if k != "total" else "predict"] = v
 
-    report("analyze", 0.8)
-    t0 = time.perf_counter()
-    # the bundle's lesion rule; a predictor-like object without one gets the library default
-    rule_of = getattr(predictor, "lesion_confidence_rule", None)
-    flag_below = rule_of("2d" if ct.is_2d else "3d")["flag_below"] if rule_of is not None else LOW_CONFIDENCE
-    analysis = analyze(prediction.labels, ct, tumor_probability=getattr(prediction, "tumor_probability", None),
-                       flag_below=flag_below)
-    timings["analyze"] = time.perf_counter() - t0
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        report("write", 0.85)
-        t0 = time.perf_counter()
         files: dict[str, str] = {}
-        run_info = _run_info(src, ct, prediction, predictor, timings, note)
         mesh_warnings: list[str] = []
 
         def volumes() -> dict[str, str]:
@@ -268,23 +256,50 @@ def run_case(
                 written.update(write_meshes_or_warn(tmp, prediction.labels, mesh_warnings))
             return written
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="liverseg-write") as pool:
-            beside = pool.submit(volumes)
-            # the pictures (numpy + Pillow's encoder, which releases the GIL) beside both
-            drawn = pool.submit(write_report_pictures, tmp, ct=ct, labels=prediction.labels, analysis=analysis)
+        def dicom_seg(seg_info: dict[str, Any]) -> str | None:
+            """seg.dcm; the reason when the writer refuses the series' geometry (every other output stands)."""
             try:
-                if str(ct.metadata.get("format", "")).startswith("dicom"):
-                    try:
-                        _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, run_info, dicom_headers)
-                        files["dicom_seg"] = "seg.dcm"
-                    except (InputError, ValueError) as exc:  # the series' geometry (tilt, gaps): every other output stands
-                        (tmp / "seg.dcm").unlink(missing_ok=True)
-                        run_info["warnings"].append(f"no DICOM SEG was written: {exc}")
-                        run_info["dicom_seg_missing"] = str(exc)
+                _write_dicom_seg(tmp / "seg.dcm", src, ct, prediction.labels, seg_info, dicom_headers)
+            except (InputError, ValueError) as exc:  # gantry tilt, gaps, no ImagePositionPatient
+                (tmp / "seg.dcm").unlink(missing_ok=True)
+                return str(exc)
+            return None
+
+        # The mask, surfaces and DICOM SEG need only the final labels: they are written in two threads
+        # while this one measures the lesions (analyze) and the third draws the pictures, which need them.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="liverseg-write") as pool:
+            beside = pool.submit(volumes)
+            seg = None
+            if str(ct.metadata.get("format", "")).startswith("dicom"):
+                # the SEG reads the model's name, version and sha256 from the run record
+                seg = pool.submit(dicom_seg, _run_info(src, ct, prediction, predictor, timings, note))
+            pending = [f for f in (beside, seg) if f is not None]
+            try:
+                report("analyze", 0.8)
+                t0 = time.perf_counter()
+                # the bundle's lesion rule; a predictor-like object without one gets the library default
+                rule_of = getattr(predictor, "lesion_confidence_rule", None)
+                flag_below = rule_of("2d" if ct.is_2d else "3d")["flag_below"] if rule_of is not None else LOW_CONFIDENCE
+                analysis = analyze(prediction.labels, ct, tumor_probability=getattr(prediction, "tumor_probability", None),
+                                   flag_below=flag_below)
+                timings["analyze"] = time.perf_counter() - t0
+                report("write", 0.85)
+                t0 = time.perf_counter()  # "write": what is left after analyze (the SEG and mask began beside it)
+                run_info = _run_info(src, ct, prediction, predictor, timings, note)
+                # the pictures (numpy + Pillow's encoder, which releases the GIL)
+                pending.append(pool.submit(write_report_pictures, tmp, ct=ct, labels=prediction.labels,
+                                           analysis=analysis))
             finally:
-                concurrent.futures.wait([beside, drawn])
-            files = {**beside.result(), **files}  # the thread's exception, if any, is raised here
-            pictures = drawn.result()
+                concurrent.futures.wait(pending)
+            files = {**beside.result(), **files}  # a thread's exception, if any, is raised here
+            pictures = pending[-1].result()
+            if seg is not None:
+                refused = seg.result()
+                if refused is None:
+                    files["dicom_seg"] = "seg.dcm"
+                else:
+                    run_info["warnings"].append(f"no DICOM SEG was written: {refused}")
+                    run_info["dicom_seg_missing"] = refused
         run_info["warnings"].extend(mesh_warnings)
         # the HTML/PDF show the times up to here; report.json gets the final ones below
         timings["write"] = time.perf_counter() - t0

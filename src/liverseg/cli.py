@@ -141,6 +141,9 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--overlap", type=_finite_float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
     p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="network runtime (default torch)")
+    p.add_argument("--neck-radius-mm", type=_finite_float, default=6.0, metavar="MM",
+                   help="postprocessing: cut small parts joined to the liver by a neck narrower than twice this "
+                        "(the heart through the diaphragm; default 6); 0 turns the rule off")
     p.add_argument("--save-probabilities", action="store_true", help="also write probabilities.nii.gz")
     p.add_argument("--pixel-size", type=float, default=None, metavar="MM",
                    help="pixel size in mm of PNG/JPEG slices (their files do not say it), so areas come out in mm²; "
@@ -163,6 +166,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             tta_axes=None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()],
             overlap=args.overlap,
             engine=args.engine,
+            neck_radius_mm=args.neck_radius_mm,
         )
     except (ValueError, TypeError) as exc:
         raise InputError(str(exc)) from exc

@@ -168,6 +168,13 @@ def _blend(x: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarr
     return b
 
 
+def _to_float16(x: np.ndarray) -> np.ndarray:
+    """``x.astype(np.float16)``, the same bits, through torch: numpy converts values in float16's
+    subnormal range (a probability far from any lesion, ~1e-6) one by one, 1.3 s for a
+    119 × 282 × 367 box where torch takes 0.03 s."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.float16).numpy()
+
+
 def _argmax_classes(p: Sequence[np.ndarray]) -> np.ndarray:
     """``argmax`` over the class list ``p`` (arrays of one shape) as uint8, the first class winning
     ties, as ``torch.argmax`` — by comparisons, much faster than a strided reduction over a
@@ -832,11 +839,11 @@ class Predictor:
         np.subtract(1.0, background, out=background)
         box = tuple(slice(r.start + lo, r.start + hi) for r, (lo, hi) in zip(roi, ranges))
         labels[box] = _argmax_classes([background, *sub])
-        tumor = TumorProbability(box=box, values=sub[1].astype(np.float16)) if len(sub) > 1 else None
+        tumor = TumorProbability(box=box, values=_to_float16(sub[1])) if len(sub) > 1 else None
         return labels, tumor
 
     def _full_probabilities(self, probs: torch.Tensor, shape: Sequence[int], roi: Sequence[slice]) -> np.ndarray:
         out = np.zeros((probs.shape[0], *shape), np.float16)
         out[0] = 1.0  # background outside the region of interest
-        out[(slice(None), *roi)] = self._roi_probs(probs, roi).numpy().astype(np.float16)
+        out[(slice(None), *roi)] = self._roi_probs(probs, roi).to(torch.float16).numpy()
         return out

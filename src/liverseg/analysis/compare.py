@@ -55,6 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from liverseg.analysis.components import bounding_box
 from liverseg.analysis.lesions import Analysis, Lesion, analyze, _jsonable
 from liverseg.analysis.registration import DEFAULT_GRID_MM, Registration, register
 from liverseg.errors import InputError
@@ -394,7 +395,7 @@ def _lesion_map(labels: Volume, analysis: Analysis) -> np.ndarray:
     out = np.zeros(tumor.shape, np.int32)
     if not tumor.any():
         return out
-    tbox = ndimage.find_objects(tumor.astype(np.uint8))[0]
+    tbox = bounding_box(tumor)
     sub, n = ndimage.label(tumor[tbox], structure=ndimage.generate_binary_structure(3, 3))
     comp = np.zeros(tumor.shape, np.int32)
     comp[tbox] = sub

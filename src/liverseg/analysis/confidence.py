@@ -33,6 +33,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
+from liverseg.analysis.components import bounding_box
+
 __all__ = ["TumorProbability", "LOW_CONFIDENCE", "confidence_level", "drop_unconfident_lesions", "drop_unconfident_liver"]
 
 #: Lesions whose mean tumor probability is below this are flagged "low" (see the module docstring).
@@ -96,7 +98,7 @@ def drop_unconfident_lesions(
     if probability is None or min_confidence <= 0 or not (labels == 2).any():
         return labels, 0
     tumor = labels == 2
-    tbox = ndimage.find_objects(tumor.astype(np.uint8))[0]  # work inside the tumor's box only
+    tbox = bounding_box(tumor)  # work inside the tumor's box only
     comp, n = ndimage.label(tumor[tbox], structure=ndimage.generate_binary_structure(3, 3))
     values = probability.dense(tbox)
     index = np.arange(1, n + 1)

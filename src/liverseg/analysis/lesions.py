@@ -36,6 +36,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist, squareform
 from skimage import measure
 
+from liverseg.analysis.components import bounding_box
 from liverseg.analysis.confidence import LOW_CONFIDENCE, TumorProbability, confidence_level
 from liverseg.io.volume import Volume
 
@@ -501,7 +502,7 @@ def analyze(
     lesions_raw: list[dict[str, Any]] = []
     if n_tumor:
         # label within the tumor's bounding box (+1 voxel): much faster than the whole scan
-        tbox = ndimage.find_objects(tumor.astype(np.uint8))[0]
+        tbox = bounding_box(tumor)
         tbox = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(tbox, lab.shape))
         comp = np.zeros(lab.shape, np.int32)
         structure = ndimage.generate_binary_structure(3, 3)  # 26-connectivity (8 within a slice)

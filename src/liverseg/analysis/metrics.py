@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from liverseg.analysis.components import bounding_box
+
 __all__ = [
     "LesionDetection",
     "assd",
@@ -124,7 +126,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     if not p.any() or not r.any():
         raise ValueError("surface distances need two non-empty masks")
     # crop to the joint bounding box plus a margin: distance transforms are the slow part
-    box = ndimage.find_objects((p | r).astype(np.uint8))[0]
+    box = bounding_box(p | r)
     box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, p.shape))
     p, r = p[box], r[box]
     sp_p, sp_r = _surface(p), _surface(r)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from liverseg.analysis.components import bounding_box
 from liverseg.io.volume import Volume
 
 __all__ = ["Registration", "register", "DEFAULT_GRID_MM"]
@@ -241,7 +242,7 @@ def _surface_points_mm(vol: Volume) -> np.ndarray:
     liver = np.asarray(vol.array) >= 1
     if not liver.any():
         return np.zeros((0, 3))
-    box = ndimage.find_objects(liver.astype(np.uint8))[0]
+    box = bounding_box(liver)
     sub = liver[box]
     surf = sub & ~ndimage.binary_erosion(sub, border_value=0)
     idx = np.argwhere(surf) + np.array([b.start for b in box])

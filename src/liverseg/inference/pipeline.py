@@ -108,6 +108,7 @@ def _run_info(
         "tta": predictor.tta,
         "overlap": predictor.overlap,
         "min_tumor_volume_mm3": predictor.min_tumor_volume_mm3,
+        "neck_radius_mm": getattr(predictor, "neck_radius_mm", None),
         "timings_s": timings,
         "postprocess": prediction.postprocess,
         "roi_zyx": prediction.roi,

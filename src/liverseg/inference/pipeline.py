@@ -272,8 +272,8 @@ def run_case(
             beside = pool.submit(volumes)
             seg = None
             if str(ct.metadata.get("format", "")).startswith("dicom"):
-                # the SEG reads the model's name, version and sha256 from the run record
-                seg = pool.submit(dicom_seg, _run_info(src, ct, prediction, predictor, timings, note))
+                # the SEG needs only the model's name, version and sha256 from the run record
+                seg = pool.submit(dicom_seg, {"model": prediction.model})
             pending = [f for f in (beside, seg) if f is not None]
             try:
                 report("analyze", 0.8)

@@ -84,7 +84,13 @@ def test_random_render_draws_every_window_kind():
         pixels, kind = random_render(hu, rng)
         assert pixels.dtype == np.uint8 and pixels.shape == hu.shape
         kinds.add(kind)
-    assert kinds == {"abdomen", "soft_tissue", "liver", "minmax", "narrow", "random"}
+    assert kinds == {"abdomen", "soft_tissue", "liver", "minmax", "narrow", "random"}  # "wide" is off by default
+    wide_only = RenderOptions(window_weights={"wide": 1.0})
+    pixels, kind = random_render(hu, rng, options=wide_only)
+    assert kind == "wide"
+    # a full-range export: air (-1000 HU) near black, soft tissue (0..100 HU) in a few dozen grey levels at most
+    soft = pixels[(hu >= 0) & (hu <= 100)]
+    assert pixels[hu <= -1000].max() <= 10 and 3 <= int(soft.max()) - int(soft.min()) <= 20
     with pytest.raises(ValueError, match="window_weights"):
         RenderOptions(window_weights={"bone": 1.0})
 

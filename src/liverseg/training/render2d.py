@@ -15,7 +15,10 @@ in width and ±15 HU in level):
 * ``narrow``: a narrow contrast window with fat black, width log-uniform in 180–320 HU,
   level uniform in 90–160 HU (as some sites export soft tissue: the CURVAS PNGs look like
   about W250/L130, liver ≈ 95/255 with fat black);
-* ``random``: width log-uniform in 150–1500 HU, level uniform in −50–200 HU.
+* ``random``: width log-uniform in 150–1500 HU, level uniform in −50–200 HU;
+* ``wide``: a full-range export of the scanner's stored values, air at or near black: the low
+  end uniform in −1100…−950 HU, the high end uniform in 900…3100 HU (12-bit values scaled to
+  8 bits; soft tissue spans only 10–20 grey levels). Off (weight 0) unless a config asks for it.
 
 Each with a display gamma (log-uniform 0.6–1.6) on ``gamma_probability`` of samples.
 """
@@ -40,6 +43,7 @@ DEFAULT_WINDOW_WEIGHTS: dict[str, float] = {
     "minmax": 0.13,
     "narrow": 0.15,
     "random": 0.25,
+    "wide": 0.0,
 }
 
 
@@ -105,6 +109,9 @@ def random_render(hu: np.ndarray, rng: np.random.Generator, *, options: RenderOp
     if kind == "random":
         width = float(np.exp(rng.uniform(np.log(150.0), np.log(1500.0))))
         level = float(rng.uniform(-50.0, 200.0))
+    elif kind == "wide":
+        lo, hi = float(rng.uniform(-1100.0, -950.0)), float(rng.uniform(900.0, 3100.0))
+        width, level = hi - lo, (hi + lo) / 2.0
     elif kind == "narrow":
         width = float(np.exp(rng.uniform(np.log(180.0), np.log(320.0))))
         level = float(rng.uniform(90.0, 160.0))

@@ -51,7 +51,6 @@ __all__ = ["PostprocessResult", "postprocess_labels", "largest_component", "fill
 log = logging.getLogger(__name__)
 
 _FULL_3D = np.ones((3, 3, 3), bool)  # 26-connectivity (the LiTS convention)
-_FACES_3D = ndimage.generate_binary_structure(3, 1)  # 6-connectivity (background, for holes)
 
 
 @dataclasses.dataclass
@@ -154,10 +153,7 @@ _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 def _enclosed(background: np.ndarray, structure: np.ndarray, faces: tuple[int, ...]) -> np.ndarray:
     """Background components (under ``structure``) that touch none of the array's faces on ``faces`` axes."""
-    if structure is _FACES_3D:
-        lab, n = label_components(background, connectivity=6)
-    else:
-        lab, n = ndimage.label(background, structure=structure)
+    lab, n = ndimage.label(background, structure=structure)
     if n == 0:
         return np.zeros(background.shape, bool)
     open_labels = set()
@@ -182,11 +178,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         return mask.copy()
     # every hole lies inside the mask's bounding box; one voxel of margin keeps the box's faces
-    # outside the mask, so the background components touching them are those open to the border
+    # outside the mask, so the background components touching them are those open to the border.
+    # The slice-wise fill alone gives both: a 3D hole (6-connected, touching no face) is, in each
+    # slice, made of in-plane (4-connected) components that touch no face either, since in-plane
+    # neighbours are 6-neighbours, so every 3D hole voxel is also an in-plane hole voxel.
     box = _bbox(mask, (1,) * mask.ndim)
-    background = ~mask[box]
-    holes = _enclosed(background, _FACES_3D, (0, 1, 2))
-    holes |= _enclosed(background, _IN_PLANE, (1, 2))
+    holes = _enclosed(~mask[box], _IN_PLANE, (1, 2))
     out = mask.copy()
     out[box] |= holes
     return out

@@ -314,7 +314,7 @@ def write_overlay_png(
         draw.text((x + 20, y - 2), text, fill=(255, 255, 255), font=small)
         x += wdt + 24
     path = Path(path)
-    canvas.save(path, format="PNG", compress_level=6)
+    canvas.save(path, format="PNG", compress_level=3)  # faster and smaller than 6 on these pictures
     return path
 
 
@@ -374,5 +374,5 @@ def write_montage_png(
         tw = draw.textlength(title, font=font)
         draw.text((x0 + (tile_w - tw) / 2, y0 + 1), title, fill=(255, 255, 255), font=font)
     path = Path(path)
-    canvas.save(path, format="PNG", compress_level=6)
+    canvas.save(path, format="PNG", compress_level=3)  # faster and smaller than 6 on these pictures
     return path

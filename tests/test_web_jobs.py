@@ -260,3 +260,24 @@ def test_a_failed_warm_up_is_logged_not_raised(tmp_path, scans, caplog):
     with caplog.at_level(logging.WARNING, logger="liverseg.web.jobs"):
         app.extensions["liverseg"].pool.warm_up().join(30)
     assert any("warming up the predictor failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_done_job_hands_its_volumes_to_the_slice_viewer(env, scans):
+    """The embedded backend puts the job's CT and mask in the viewer's cache: the first dashboard reads
+    neither file, and what it shows is what the files hold."""
+    from liverseg.web.uploads import input_path, output_dir
+    from liverseg.web.viewer import load_study_volumes
+
+    app, c, _ = env
+    ctx = app.extensions["liverseg"]
+    sid = upload(c, [(io.BytesIO(scans["nifti"]), "ct.nii.gz")]).get_json()["id"]
+    assert sid not in ctx.cache
+    assert ctx.pool.run_pending() == 1
+    assert c.get(f"/studies/{sid}/status.json").get_json()["status"] == "done"
+    assert sid in ctx.cache
+    ct, labels = ctx.cache.get(sid)
+    ct_file, labels_file = load_study_volumes(input_path(ctx.data_dir, sid), output_dir(ctx.data_dir, sid) / "mask.nii.gz")
+    np.testing.assert_array_equal(ct.array, ct_file.array)
+    np.testing.assert_array_equal(labels.array, labels_file.array)
+    assert labels.array.dtype == np.uint8 and labels.spacing == ct_file.spacing and (labels.array > 0).any()
+    assert c.get(f"/studies/{sid}/slice/5.png?overlay=1").status_code == 200

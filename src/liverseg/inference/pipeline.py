@@ -180,6 +180,7 @@ def run_case(
     note: str | None = None,
     pixel_size_mm: float | None = None,
     pdf: bool = True,
+    on_volumes: Callable[[Volume, Volume], None] | None = None,
 ) -> dict[str, Any]:
     """Segment one case and write its folder ``out_dir`` (see the module docstring for the files).
 
@@ -199,6 +200,9 @@ def run_case(
             process). ``False``: no report.pdf; report.json's ``files`` has ``"pdf_on_demand": true``
             and no ``"pdf"``, and :func:`liverseg.reporting.pdf.write_report_pdf_from_folder` draws
             the same PDF from ``out_dir`` later (the web app does, on the first download).
+        on_volumes: called once the folder is written, with the CT as it was read (before
+            ``pixel_size_mm``) and the final label Volume on its grid, so a caller that shows the
+            case next (the web app's slice viewer) can keep them instead of reading both files again.
 
     Returns:
         the content of report.json (``analysis``, ``run``, ``files`` ...).
@@ -223,6 +227,7 @@ def run_case(
     report("read", 0.0)
     t0 = time.perf_counter()
     ct, dicom_headers = read_volume_with_sources(src)  # DICOM: the headers the SEG references, read once
+    ct_as_read = ct
     if pixel_size_mm is not None:
         ct = with_pixel_size(ct, pixel_size_mm)
     timings["read"] = time.perf_counter() - t0
@@ -318,6 +323,8 @@ def run_case(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if on_volumes is not None:
+        on_volumes(ct_as_read, ct_as_read.with_array(prediction.labels.array, is_hu=False, modality="SEG"))
     report("done", 1.0)
     log.info("case %s done in %.1f s -> %s", case_name(src), time.perf_counter() - t_case, out)
     return doc

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from liverseg.web.auth import INITIAL_PASSWORD_FILE, LoginLimiter
 from liverseg.web.backends import JobBackend, make_job_backend
-from liverseg.web.jobs import DEFAULT_JOB_MEMORY_BYTES, DEFAULT_JOB_TIMEOUT_S, shared_factory
+from liverseg.web.jobs import DEFAULT_JOB_MEMORY_BYTES, DEFAULT_JOB_TIMEOUT_S, WorkerPool, shared_factory
 from liverseg.web.lock import check_database_of
 from liverseg.web.store import DEFAULT_LEASE_S, Store
 from liverseg.web.uploads import input_path, output_dir
@@ -222,6 +222,8 @@ def create_app(
         max_upload_bytes=int(max_upload_bytes),
     )
     app.extensions["liverseg"] = ctx
+    if isinstance(pool, WorkerPool):  # jobs in this process: their volumes go straight to the slice viewer
+        pool.on_published = lambda study_id, ct, labels: ctx.cache.put(study_id, (ct, labels))
 
     csrf = CSRFProtect(app)
     from liverseg.web import api, corrections, views

@@ -257,6 +257,7 @@ def run_study_job(
     job: Job | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     worker: str | None = None,
+    on_published: Callable[[str, Any, Any], None] | None = None,
 ) -> str:
     """Segment and measure one study; store its result or its failure. Returns the final job status.
 
@@ -281,6 +282,10 @@ def run_study_job(
         lease_s: the lease's length (seconds): the visibility timeout after which another worker takes the job
             over if this one stops renewing it.
         worker: the lease owner's id when claiming here (default :func:`liverseg.web.lease.worker_id`).
+        on_published: called as ``on_published(study_id, ct, labels)`` with the CT as the job read it and
+            its final label Volume, once the result is published (never for a failed or lost job): the
+            embedded backend hands them to the slice viewer's cache, so the first dashboard after a job
+            does not read the scan and the mask again. Its errors are logged, never the job's.
 
     A study deleted while its job runs stops the job at its next progress step, and
     whatever the job wrote is removed (status ``"missing"``). A worker whose lease was taken
@@ -307,7 +312,7 @@ def run_study_job(
         raise ValueError(f"job {job.id} was not claimed (no lease token); claim it with Store.claim_job")
     with Heartbeat(store, job, lease_s=lease_s) as lease:
         return _run_leased(study, job, lease, store=store, data_dir=data_dir, predictor_factory=predictor_factory,
-                           timeout_s=timeout_s, memory_bytes=memory_bytes)
+                           timeout_s=timeout_s, memory_bytes=memory_bytes, on_published=on_published)
 
 
 def _run_leased(
@@ -320,6 +325,7 @@ def _run_leased(
     predictor_factory: PredictorFactory,
     timeout_s: float | None,
     memory_bytes: int | None,
+    on_published: Callable[[str, Any, Any], None] | None = None,
 ) -> str:
     from liverseg.inference import run_case
 
@@ -332,6 +338,7 @@ def _run_leased(
                              memory_bytes=memory_bytes, token=token, lease=lease)
         predictor = predictor_factory()
         progress("read", 0.0)
+        volumes: list[Any] = []  # (ct, labels) for on_published
         report = run_case(
             input_path(data_dir, study_id),
             attempt,
@@ -341,6 +348,7 @@ def _run_leased(
             note=study.note or None,
             pixel_size_mm=study_options(data_dir, study_id).get("pixel_size_mm"),
             pdf=False,  # drawn on the first download (corrections.ensure_report_pdf): the study is done sooner
+            on_volumes=None if on_published is None else (lambda ct, labels: volumes.extend((ct, labels))),
         )
         if not isinstance(report, dict):
             raise TypeError(f"run_case returned {type(report).__name__}, expected the report dict")
@@ -355,6 +363,11 @@ def _run_leased(
                         study_id, job.id)
             return "lost"
         log.info("study %s: job %d done in %.1f s", study_id, job.id, time.monotonic() - t0)
+        if on_published is not None and len(volumes) == 2:
+            try:
+                on_published(study_id, *volumes)
+            except Exception:  # the study is done and stored; a viewer cache that refuses it reads the files later
+                log.warning("study %s: handing its volumes to the viewer failed", study_id, exc_info=True)
         return "done"
     except _LeaseLost:
         shutil.rmtree(attempt, ignore_errors=True)
@@ -429,6 +442,7 @@ class WorkerPool:
         poll_s: how often an idle worker looks for work it was not woken for (seconds).
         timeout_s, memory_bytes: each job's limits (see :func:`run_study_job`).
         lease_s: each claim's lease (seconds; see :mod:`liverseg.web.lease`).
+        on_published: each done job's volumes (see :func:`run_study_job`); also settable as an attribute.
 
     Every claim is a lease, so a second process on the same database (a second server by
     mistake, a ``liverseg worker``) never takes a job this pool is running; an idle thread
@@ -447,6 +461,7 @@ class WorkerPool:
         timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
         memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES,
         lease_s: float = DEFAULT_LEASE_S,
+        on_published: Callable[[str, Any, Any], None] | None = None,
     ) -> None:
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 seconds or None; got {timeout_s}")
@@ -465,6 +480,7 @@ class WorkerPool:
         self.workers = workers
         self.poll_s = poll_s
         self.worker_id = worker_id()
+        self.on_published = on_published
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -534,7 +550,8 @@ class WorkerPool:
 
     def _run(self, job: Job) -> None:
         run_study_job(job.study_id, store=self.store, data_dir=self.data_dir, predictor_factory=self.predictor_factory,
-                      timeout_s=self.timeout_s, memory_bytes=self.memory_bytes, job=job, lease_s=self.lease_s)
+                      timeout_s=self.timeout_s, memory_bytes=self.memory_bytes, job=job, lease_s=self.lease_s,
+                      on_published=self.on_published)
 
     def _claim(self) -> Job | None:
         return self.store.claim_job(worker=self.worker_id, lease_s=self.lease_s)

@@ -1,7 +1,9 @@
 """Slice images for the study dashboard, rendered on the server.
 
 A study's CT and label volumes are read once and kept in a small LRU cache (a few
-studies; each entry is the CT plus its mask, e.g. ~125 MB for 512x512x240 int16), then
+studies; each entry is the CT plus its mask, e.g. ~125 MB for 512x512x240 int16; the
+embedded job backend puts a finished job's own volumes there, so its first dashboard reads
+neither file), then
 each slice is windowed and overlaid by :func:`liverseg.reporting.render_slice_png`.
 """
 
@@ -71,6 +73,14 @@ class VolumeCache:
                     self._data.popitem(last=False)
                 self._key_locks.pop(key, None)
             return value
+
+    def put(self, key: str, value: Any) -> None:
+        """Keep ``value`` for ``key`` (most recently used), as if it had just been loaded."""
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
 
     def drop(self, key: str) -> None:
         with self._lock:

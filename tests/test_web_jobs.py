@@ -245,7 +245,8 @@ def test_warm_up_builds_the_shared_predictor_before_the_first_job(tmp_path, tiny
     assert len(built) == 1
     predictor = built[0]
     assert set(k for k, _ in predictor._nets) == {"3d", "2d"}  # every stage's network built
-    assert any("warmed up" in r.getMessage() for r in caplog.records)
+    # the imports, then one phantom DICOM case through every writer (a failure there would be logged instead)
+    assert any("warmed up" in r.getMessage() and "first_case_files" in r.getMessage() for r in caplog.records)
     assert pool.predictor_factory() is predictor  # the first job gets the same, warm predictor
     assert Predictor(tiny_bundle_3d, model_2d=None, threads=1).warm_up().keys() == {"load", "first_pass"}
 

@@ -353,7 +353,41 @@ def warm_up(predictor: Predictor) -> dict[str, float]:
 
     load_fonts()  # the PDF is drawn on its first download: ReportLab and its fonts ready for it
     timings["imports"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    _write_a_phantom_case(predictor)
+    timings["first_case_files"] = round(time.perf_counter() - t0, 3)
     return timings
+
+
+class _ReferencePredictor:
+    """A stand-in for a Predictor whose prediction is a given label mask (:func:`warm_up` only):
+    everything else (settings, the model's record and rules) is the real Predictor's."""
+
+    def __init__(self, predictor: Predictor, labels: np.ndarray) -> None:
+        self._predictor, self._labels = predictor, labels
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def predict(self, volume: Volume, **_: Any) -> Prediction:
+        return Prediction(labels=volume.with_array(self._labels, is_hu=False, modality="SEG"), probabilities=None,
+                          timings_s={}, model=self._predictor.model_info("3d"), device="cpu", warnings=[])
+
+
+def _write_a_phantom_case(predictor: Predictor) -> None:
+    """Every file :func:`run_case` writes for a DICOM series (SEG, mask, surfaces, pictures, HTML, JSON),
+    once, for a small synthetic phantom with its own reference labels as the prediction: the first
+    real case then finds the writers' one-time costs paid (highdicom's lazily built tables, the report
+    template's compilation, Pillow's fonts, first calls into compiled extensions; about 1.7 s of the
+    first web study's writing, docs/speed_profile.md)."""
+    from liverseg.testing import phantom
+    from liverseg.testing.dicom import write_dicom_series
+
+    ct, labels = phantom(shape=(16, 64, 64), spacing=(2.5, 1.5, 1.5), lesions=((6.0, None),))
+    with tempfile.TemporaryDirectory(prefix="liverseg-warm-up-") as tmp:
+        write_dicom_series(ct, Path(tmp) / "series")
+        run_case(Path(tmp) / "series", Path(tmp) / "out", predictor=_ReferencePredictor(predictor, labels.array),
+                 pdf=False)  # type: ignore[arg-type]
 
 
 #: The files run_case writes into a case folder; ``overwrite`` replaces these and keeps anything else.

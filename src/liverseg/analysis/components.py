@@ -14,6 +14,8 @@ different order than scipy's; nothing here depends on the order.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 __all__ = ["bounding_box", "label_components"]
@@ -45,8 +47,9 @@ def label_components(mask: np.ndarray, *, connectivity: int = 26) -> tuple[np.nd
     return labels, int(n)
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The index box of a boolean mask's True voxels (``None`` when there are none).
+def bounding_box(mask: np.ndarray, *, pad: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """The index box of a boolean mask's True voxels, grown by ``pad`` voxels per axis (clipped to
+    the array; an int or one per axis), or ``None`` when there are none.
 
     The same box as ``scipy.ndimage.find_objects(mask.astype(np.uint8))[0]``, from one ``any``
     projection per axis: 0.01 s against 0.2 s on a 119 × 512 × 512 CT.
@@ -56,11 +59,12 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     (slice(1, 2, None), slice(2, 4, None), slice(1, 2, None))
     """
     mask = np.asarray(mask, bool)
+    pads = [int(pad)] * mask.ndim if isinstance(pad, (int, np.integer)) else [int(p) for p in pad]
     out = []
-    for axis in range(mask.ndim):
+    for axis, (p, n) in enumerate(zip(pads, mask.shape)):
         other = tuple(a for a in range(mask.ndim) if a != axis)
         idx = np.flatnonzero(mask.any(axis=other))
         if idx.size == 0:
             return None
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        out.append(slice(max(0, int(idx[0]) - p), min(n, int(idx[-1]) + 1 + p)))
     return tuple(out)

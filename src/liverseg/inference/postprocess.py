@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from liverseg.analysis.components import label_components
+from liverseg.analysis.components import bounding_box, label_components
 
 __all__ = ["PostprocessResult", "postprocess_labels", "largest_component", "fill_holes", "detach_necks"]
 
@@ -210,12 +210,10 @@ def _ball(radius_mm: float, spacing: Sequence[float] | None, ndim_z: int) -> np.
 
 def _bbox(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
     """Index box of a non-empty mask's True voxels, grown by ``pad`` voxels per axis (clipped)."""
-    out = []
-    for axis, (p, n) in enumerate(zip(pad, mask.shape)):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(max(0, int(idx[0]) - p), min(n, int(idx[-1]) + p + 1)))
-    return tuple(out)
+    box = bounding_box(mask, pad=pad)
+    if box is None:
+        raise ValueError("_bbox needs a mask with at least one True voxel")
+    return box
 
 
 def postprocess_labels(

@@ -81,13 +81,9 @@ def mesh_file_names(names: list[str]) -> list[str]:
 
 def _bbox(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, ...] | None:
     """The bounding box of ``mask``'s True voxels (+ ``margin``, clipped), or None when it has none."""
-    out = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        out.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(out)
+    from liverseg.analysis.components import bounding_box
+
+    return bounding_box(mask, pad=margin)
 
 
 def _components_in_box(labels: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...], int]:

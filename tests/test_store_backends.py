@@ -103,6 +103,22 @@ def test_claims_are_leases_and_only_the_holder_publishes(store):
     assert retry.status == "queued" and retry.attempts == 0 and store.latest_job("s2").id == retry.id
 
 
+def test_a_free_worker_takes_the_first_study_of_a_user_with_nothing_running(store):
+    """Queued in upload order: ada's three, then bob's and cy's first. With ada's first running, the next
+    claims go to bob and cy (nothing of theirs running), then ada's next; with nobody's job running it is
+    the oldest queued job."""
+    ada, bob, cy = (store.add_user(name=n, password_hash="h") for n in ("ada", "bob", "cy"))
+    for sid, user in (("a1", ada), ("a2", ada), ("a3", ada), ("b1", bob), ("c1", cy), ("b2", bob)):
+        _study(store, sid, user.id)
+    order = [store.claim_job(worker="w").study_id for _ in range(3)]
+    assert order == ["a1", "b1", "c1"]
+    store.finish_job(store.latest_job("a1").id, report={}, summary={})  # ada: nothing running any more
+    assert store.claim_job(worker="w").study_id == "a2"  # ada has none running, bob and cy one each
+    # one running each: the oldest queued first
+    assert [store.claim_job(worker="w").study_id for _ in range(2)] == ["a3", "b2"]
+    assert store.claim_job(worker="w") is None
+
+
 def test_a_dead_owner_frees_its_job_before_the_lease_runs_out(store):
     ada = store.add_user(name="ada", password_hash="h")
     _study(store, "s1", ada.id)

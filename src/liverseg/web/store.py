@@ -471,7 +471,9 @@ class Store:
     ) -> Job | None:
         """Take a queued job: status running, attempts + 1, a fresh lease for ``lease_s`` seconds.
 
-        Without ``job_id`` the oldest queued job is taken; with it, that job only (a broker's
+        Without ``job_id`` the oldest queued job of the users with the fewest jobs running is taken
+        (so a user whose batch is running does not hold back another user's first study; with
+        nobody's job running it is the oldest queued job); with ``job_id``, that job only (a broker's
         message names it). ``None`` when there is nothing to take: a job that is running (its
         lease held by a worker), done or failed is never taken, so no job runs twice at once.
         The returned job's ``lease_token`` is needed to renew the lease and publish the result.
@@ -480,7 +482,10 @@ class Store:
         with self._tx() as conn:
             if job_id is None:
                 target = conn.execute(
-                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1" + self.db.skip_locked
+                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY"
+                    " (SELECT count(*) FROM jobs r JOIN studies rs ON rs.id = r.study_id WHERE r.status = 'running'"
+                    "  AND rs.user_id = (SELECT user_id FROM studies WHERE studies.id = jobs.study_id)), id"
+                    " LIMIT 1" + self.db.skip_locked
                 ).fetchone()
             else:
                 target = conn.execute(

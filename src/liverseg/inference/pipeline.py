@@ -336,8 +336,9 @@ def warm_up(predictor: Predictor) -> dict[str, float]:
     :meth:`Predictor.warm_up` (bundles loaded, networks built and run once), then the modules
     :func:`run_case` writes with are imported (highdicom for the DICOM SEG, scikit-image and
     fast-simplification for the surfaces, Pillow for the pictures, ReportLab and the PDF's fonts
-    for the first report download), which the first case would otherwise pay. Returns the
-    seconds per part.
+    for the first report download), and one small synthetic DICOM phantom is written through every
+    writer (``first_case_files``), which the first case would otherwise pay. Returns the seconds
+    per part.
     """
     timings = dict(predictor.warm_up())
     t0 = time.perf_counter()
@@ -378,7 +379,7 @@ def _write_a_phantom_case(predictor: Predictor) -> None:
     """Every file :func:`run_case` writes for a DICOM series (SEG, mask, surfaces, pictures, HTML, JSON),
     once, for a small synthetic phantom with its own reference labels as the prediction: the first
     real case then finds the writers' one-time costs paid (highdicom's lazily built tables, the report
-    template's compilation, Pillow's fonts, first calls into compiled extensions; about 1.7 s of the
+    template's compilation, Pillow's fonts, first calls into compiled extensions; about 1 s of the
     first web study's writing, docs/speed_profile.md)."""
     from liverseg.testing import phantom
     from liverseg.testing.dicom import write_dicom_series

@@ -67,20 +67,21 @@ class VolumeCache:
                     return self._data[key]
             value = self.loader(key)
             with self._lock:
-                self._data[key] = value
-                self._data.move_to_end(key)
-                while len(self._data) > self.size:
-                    self._data.popitem(last=False)
+                self._keep(key, value)
                 self._key_locks.pop(key, None)
             return value
 
     def put(self, key: str, value: Any) -> None:
         """Keep ``value`` for ``key`` (most recently used), as if it had just been loaded."""
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            self._keep(key, value)
+
+    def _keep(self, key: str, value: Any) -> None:
+        """Store ``value`` as the most recently used entry and evict the oldest beyond ``size`` (lock held)."""
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
 
     def drop(self, key: str) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from liverseg.analysis.components import bounding_box
 from liverseg.io.volume import Volume
 
 __all__ = ["Mesh", "MESH_MANIFEST", "LESION_COLORS", "LIVER_COLOR", "build_meshes", "write_meshes", "lesion_components",
@@ -79,19 +80,12 @@ def mesh_file_names(names: list[str]) -> list[str]:
     return sorted((n for n in names if is_mesh_file(n)), key=key)
 
 
-def _bbox(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, ...] | None:
-    """The bounding box of ``mask``'s True voxels (+ ``margin``, clipped), or None when it has none."""
-    from liverseg.analysis.components import bounding_box
-
-    return bounding_box(mask, pad=margin)
-
-
 def _components_in_box(labels: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...], int]:
     """Lesions numbered as ``analyze`` numbers them, labelled inside the tumor's bounding box (+1 voxel)."""
     from scipy import ndimage
 
     tumor = np.asarray(labels) == 2
-    box = _bbox(tumor, margin=1)
+    box = bounding_box(tumor, pad=1)
     if box is None:
         return np.zeros((0, 0, 0), np.int32), tuple(slice(0, 0) for _ in range(3)), 0
     comp, n = ndimage.label(tumor[box], structure=ndimage.generate_binary_structure(3, 3))
@@ -167,7 +161,7 @@ def _surface(
     from scipy import ndimage
     from skimage import measure
 
-    box = _bbox(mask)
+    box = bounding_box(mask)
     if box is None:
         return None
     pad = 3

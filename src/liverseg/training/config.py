@@ -131,6 +131,10 @@ class StageConfig:
             ``validation_groups``, ``fraction``, ``render``).
         init_weights: a bundle (name or folder) whose weights for this stage's name start the
             training instead of a random initialisation (fine-tuning); ``None``: random.
+        init_new_modules: with ``init_weights``, the top-level submodules of this stage's network
+            that the bundle lacks and that start from a random initialisation (e.g. ``["refine"]``
+            to give a plain-head bundle the refined head); every other weight must come from the
+            bundle, and every bundle weight must fit. Empty: the bundle must match exactly.
         epochs, iterations_per_epoch, time_budget_minutes, optimizer: per-stage overrides
             of the :class:`TrainConfig` values (``None``: use those).
     """
@@ -156,6 +160,7 @@ class StageConfig:
     deep_supervision: bool = True
     image_slices: dict[str, Any] | None = None
     init_weights: str | None = None
+    init_new_modules: list[str] = dataclasses.field(default_factory=list)
     epochs: int | None = None
     iterations_per_epoch: int | None = None
     time_budget_minutes: float | None = None

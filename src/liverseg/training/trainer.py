@@ -177,6 +177,32 @@ def _make_optimizer(opt: OptimizerConfig, params: Iterator[nn.Parameter]) -> tor
     return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
+def _load_init_weights(model: nn.Module, state: dict, *, new_modules: Sequence[str], source: str) -> None:
+    """Load a bundle's weights into ``model`` for fine-tuning.
+
+    Without ``new_modules`` the weights must match exactly. With them, the parameters under those
+    top-level submodules (and only those) may be missing from the bundle and keep their random
+    initialisation; any other missing or unexpected weight is an error.
+    """
+    if not new_modules:
+        model.load_state_dict(state, strict=True)
+        return
+    result = model.load_state_dict(state, strict=False)
+    prefixes = tuple(f"{m}." for m in new_modules)
+    stray = [k for k in result.missing_keys if not k.startswith(prefixes)]
+    if stray or result.unexpected_keys:
+        raise TrainingError(
+            f"init_weights bundle {source!r} does not fit this network outside init_new_modules "
+            f"{list(new_modules)}: missing {stray[:5]}, unexpected {list(result.unexpected_keys)[:5]}; "
+            "check the architecture and init_new_modules"
+        )
+    fresh = [k for k in result.missing_keys if k.startswith(prefixes)]
+    if not fresh:
+        raise TrainingError(f"init_new_modules {list(new_modules)} name no weights the bundle {source!r} lacks; "
+                            "leave init_new_modules empty")
+    log.info("%d weight tensors of %s start from scratch (not in %s)", len(fresh), list(new_modules), source)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -611,7 +637,8 @@ def _train_stage(
         if stage.name not in init.state_dicts:
             raise TrainingError(f"init_weights bundle {stage.init_weights!r} has no stage {stage.name!r}; "
                                 f"it has {sorted(init.state_dicts)}")
-        model.load_state_dict(init.state_dicts[stage.name], strict=True)
+        _load_init_weights(model, init.state_dicts[stage.name], new_modules=stage.init_new_modules,
+                           source=stage.init_weights)
         log.info("stage %s starts from bundle %s (sha256 %s)", stage.name, stage.init_weights, init.sha256)
     optimizer = _make_optimizer(opt_cfg, model.parameters())
     use_amp = config.amp and device.type == "cuda"

@@ -84,3 +84,39 @@ def test_contrast_phase_rejects_bad_ranges() -> None:
         Augmenter(patch_size=(8, 8, 8), enhancement_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="phase_probability"):
         Augmenter(patch_size=(8, 8, 8), phase_probability=1.5)
+
+
+def test_init_new_modules_gives_a_plain_head_bundle_the_refined_head() -> None:
+    from liverseg.errors import TrainingError
+    from liverseg.models import build_model
+    from liverseg.training.trainer import _load_init_weights
+
+    from tiny_bundles import TINY_3D
+
+    torch.manual_seed(0)
+    plain = build_model("nnformer-liver-3d", **TINY_3D).state_dict()
+    refined = build_model("nnformer-liver-3d", **TINY_3D, refine_head=True)
+    fresh = {k: v.clone() for k, v in refined.state_dict().items() if k.startswith("refine.")}
+    _load_init_weights(refined, plain, new_modules=["refine"], source="plain")
+    after = refined.state_dict()
+    # every weight the bundle has is taken from it; the new head keeps its own initialisation
+    for k, v in plain.items():
+        if not k.startswith("heads.0."):
+            assert torch.equal(after[k], v), k
+    assert fresh and all(torch.equal(after[k], v) for k, v in fresh.items())
+    with pytest.raises(RuntimeError):  # without init_new_modules the bundle must match exactly
+        _load_init_weights(refined, plain, new_modules=[], source="plain")
+    with pytest.raises(TrainingError, match="outside init_new_modules"):  # a missing weight elsewhere
+        _load_init_weights(refined, {k: v for k, v in plain.items() if not k.startswith("decoder.")},
+                           new_modules=["refine"], source="plain")
+    with pytest.raises(TrainingError, match="name no weights"):  # nothing new: a typo or the wrong network
+        _load_init_weights(build_model("nnformer-liver-3d", **TINY_3D), plain, new_modules=["refine"],
+                           source="plain")
+
+
+def test_stage_config_checks_init_new_modules() -> None:
+    with pytest.raises(ValueError, match="needs init_weights"):
+        StageConfig(name="net", architecture="nnformer-liver-3d-refine", init_new_modules=["refine"])
+    with pytest.raises(ValueError, match="list of module names"):
+        StageConfig(name="net", architecture="nnformer-liver-3d-refine", init_weights="b", init_new_modules="refine")
+    StageConfig(name="net", architecture="nnformer-liver-3d-refine", init_weights="b", init_new_modules=["refine"])

@@ -193,6 +193,12 @@ class StageConfig:
                 f"stage {self.name!r}: edge_fraction ({self.edge_fraction}) comes from the random remainder: "
                 f"foreground_fraction + edge_fraction must be <= 1; got {self.foreground_fraction + self.edge_fraction}"
             )
+        if self.init_new_modules and not self.init_weights:
+            raise ValueError(f"stage {self.name!r}: init_new_modules {self.init_new_modules} needs init_weights (the "
+                             "bundle the other weights come from)")
+        if isinstance(self.init_new_modules, str) or not all(isinstance(m, str) and m for m in self.init_new_modules):
+            raise ValueError(f"stage {self.name!r}: init_new_modules must be a list of module names, e.g. "
+                             f"[\"refine\"]; got {self.init_new_modules!r}")
         if not 0 < self.edge_mm <= 200:
             raise ValueError(f"stage {self.name!r}: edge_mm must be in (0, 200] mm; got {self.edge_mm}")
         if self.epochs is not None and self.epochs < 1:

@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for masks, references and the results")
     ap.add_argument("--markdown", default=None, help="write the table here (default: OUT/table.md)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
-    ap.add_argument("--tta-axes", default=None, help="with --tta, mirror only these axes, e.g. 'z' (default: all three)")
+    ap.add_argument("--tta", action="store_true", help="mirroring test-time augmentation on every axis "
+                    "(default: the bundle's own mode, config.json tta.axes, as the shipped Predictor)")
+    ap.add_argument("--no-tta", action="store_true", help="no test-time augmentation, whatever the bundle's mode")
+    ap.add_argument("--tta-axes", default=None, help="mirror only these axes, e.g. 'z' (implies --tta)")
     ap.add_argument("--min-lesion-confidence", type=float, default=None,
                     help="the Predictor's lesion rule (default: the Predictor's own default)")
     ap.add_argument("--confidence-sweep", type=float, nargs="*", default=[0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75])
@@ -109,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     kw = {} if args.min_lesion_confidence is None else {"min_lesion_confidence": args.min_lesion_confidence}
     tta_axes = None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()]
     kw["neck_radius_mm"] = args.neck_radius_mm
-    predictor = Predictor(args.model, model_2d=None, tta=args.tta, tta_axes=tta_axes, threads=args.threads, **kw)
+    tta = True if (args.tta or tta_axes) else (False if args.no_tta else None)
+    predictor = Predictor(args.model, model_2d=None, tta=tta, tta_axes=tta_axes, threads=args.threads, **kw)
     # the sweep re-scores one prediction per case, so predict with every lesion kept
-    sweep_predictor = Predictor(predictor.bundle("3d"), model_2d=None, tta=args.tta, tta_axes=tta_axes, threads=args.threads,
+    sweep_predictor = Predictor(predictor.bundle("3d"), model_2d=None, tta=tta, tta_axes=tta_axes, threads=args.threads,
                                 min_lesion_confidence=0.0, neck_radius_mm=args.neck_radius_mm)
-    results: dict = {"model": predictor.model_info("3d"), "tta": args.tta, "tta_axes": tta_axes,
+    info = predictor.model_info("3d")
+    results: dict = {"model": info, "tta": info["tta"], "tta_axes": info["tta_axes"],
                      "neck_radius_mm": args.neck_radius_mm,
                      "min_lesion_confidence": predictor.min_lesion_confidence, "cases": {}, "sweep": {}}
 

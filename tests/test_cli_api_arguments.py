@@ -22,8 +22,8 @@ def test_users_list_takes_data_dir_after_the_action(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"tta": "no"}, TypeError, "tta must be True or False"),
-    ({"tta": 1}, TypeError, "tta must be True or False"),
+    ({"tta": "no"}, TypeError, "tta must be True, False or None"),
+    ({"tta": 1}, TypeError, "tta must be True, False or None"),
     ({"min_tumor_volume_mm3": float("nan")}, ValueError, "finite"),
     ({"liver_dilation_mm": float("inf")}, ValueError, "finite"),
     ({"overlap": float("nan")}, ValueError, "finite"),

@@ -120,6 +120,34 @@ def test_mirroring_tta_makes_the_prediction_flip_equivariant(forced):
             Predictor(forced["single"], model_2d=None, tta=True, tta_axes=bad)
 
 
+def test_a_bundle_names_its_own_tta_mode(forced, tmp_path):
+    """config.json ``tta.axes`` is the bundle's default mode (tta=None); the caller's tta wins."""
+    own = tmp_path / "own-tta"
+    shutil.copytree(forced["single"], own)
+    config = json.loads((own / "config.json").read_text())
+    config["tta"] = {"axes": ["z"], "chosen_on": "a test"}
+    (own / "config.json").write_text(json.dumps(config))
+    vol = Volume(array=np.random.default_rng(2).normal(60, 80, size=(8, 16, 16)).astype(np.float32),
+                 spacing=(2.0, 2.0, 2.0))
+    for tta, passes, from_ in ((None, 2, "bundle"), (False, 1, "caller"), (True, 8, "caller")):
+        calls: list[str] = []
+        p = Predictor(own, model_2d=None, tta=tta).predict(vol, progress=lambda s, f: calls.append(s))
+        assert calls.count("segment") == passes, tta
+        assert p.model["tta"] is (passes > 1) and p.model["tta_from"] == from_
+    explicit = Predictor(forced["single"], model_2d=None, tta=True, tta_axes=("z",)).predict(vol, return_probabilities=True)
+    default = Predictor(own, model_2d=None).predict(vol, return_probabilities=True)
+    np.testing.assert_array_equal(default.probabilities, explicit.probabilities)
+    assert default.model["tta_axes"] == ["z"]
+    # a bundle without a mode: no TTA by default
+    assert Predictor(forced["single"], model_2d=None).tta_rule("3d") == (False, None)
+    config["tta"] = {"axes": ["w"]}
+    (own / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="tta.axes"):
+        Predictor(own, model_2d=None).predict(vol)
+    with pytest.raises(ValueError, match="tta_axes needs tta=True"):
+        Predictor(own, model_2d=None, tta_axes=("z",))
+
+
 def test_mirror_axes_of_a_subset():
     from liverseg.inference.predictor import _mirror_axes
 

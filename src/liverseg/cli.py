@@ -134,9 +134,13 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--model", default="liver-tumor-3d", help="3D model: bundled name or bundle folder")
     p.add_argument("--model-2d", default="liver-tumor-2d",
                    help="model for single 2D slices: bundled name or bundle folder ('none': refuse slices)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower in 3D)")
+    tta = p.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_true",
+                     help="mirroring test-time augmentation on every axis (8x the network time in 3D); default: "
+                          "each model's own mode (config.json tta.axes)")
+    tta.add_argument("--no-tta", action="store_true", help="no test-time augmentation, whatever the model's own mode")
     p.add_argument("--tta-axes", default=None, metavar="AXES",
-                   help="with --tta, mirror only these axes, e.g. 'z' (2 passes) or 'y,x' (default: z,y,x, 8 passes)")
+                   help="mirror only these axes, e.g. 'z' (2 passes) or 'y,x' (implies --tta; default: z,y,x, 8 passes)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--overlap", type=_finite_float, default=0.5, help="sliding-window overlap, 0 to <1 (default 0.5)")
@@ -162,7 +166,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             model_2d=None if str(args.model_2d).lower() == "none" else args.model_2d,
             device=args.device,
             threads=args.threads,
-            tta=args.tta or args.tta_axes is not None,
+            tta=True if (args.tta or args.tta_axes is not None) else (False if args.no_tta else None),
             tta_axes=None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()],
             overlap=args.overlap,
             engine=args.engine,

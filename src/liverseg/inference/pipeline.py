@@ -105,7 +105,7 @@ def _run_info(
         "device": prediction.device,
         "threads": predictor.threads if predictor.threads is not None else torch.get_num_threads(),
         "engine": predictor.engine,
-        "tta": predictor.tta,
+        "tta": (prediction.model or {}).get("tta", getattr(predictor, "tta", None)),
         "overlap": predictor.overlap,
         "min_tumor_volume_mm3": predictor.min_tumor_volume_mm3,
         "neck_radius_mm": getattr(predictor, "neck_radius_mm", None),

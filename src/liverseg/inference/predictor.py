@@ -222,8 +222,11 @@ class Predictor:
         model_2d: the bundle for single slices, or None (then a slice is refused).
         device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``), or ``"auto"`` (CUDA when present).
         threads: CPU threads torch may use while predicting (None: torch's default).
-        tta: mirroring test-time augmentation (all flips; 8× the network time in 3D).
-        tta_axes: with ``tta``, mirror only these axes (a subset of ``("z", "y", "x")``; every
+        tta: mirroring test-time augmentation. ``True``: all flips (8× the network time in 3D) or
+            those of ``tta_axes``; ``False``: none; ``None`` (default): each bundle's own mode
+            (config.json ``tta.axes``, chosen on held-out cases, e.g. ``["z"]``: 2 passes; no TTA for
+            a bundle without one).
+        tta_axes: with ``tta=True``, mirror only these axes (a subset of ``("z", "y", "x")``; every
             combination is one pass: ``("z",)`` is 2 passes); None (default): all three.
         overlap: fraction (0 ≤ overlap < 1) by which neighbouring sliding windows overlap.
         min_tumor_volume_mm3: tumor components smaller than this (mm³) are dropped (become liver).
@@ -260,7 +263,7 @@ class Predictor:
         model_2d: str | os.PathLike[str] | ModelBundle | None = "liver-tumor-2d",
         device: str = "cpu",
         threads: int | None = None,
-        tta: bool = False,
+        tta: bool | None = None,
         tta_axes: Sequence[str] | None = None,
         overlap: float = 0.5,
         min_tumor_volume_mm3: float = 10.0,
@@ -279,8 +282,10 @@ class Predictor:
                     f"{name} must be a bundled model name (str), a bundle folder (path) or a ModelBundle; "
                     f"got {type(source).__name__} {source!r}"
                 )
-        if not isinstance(tta, bool):
-            raise TypeError(f"tta must be True or False; got {type(tta).__name__} {tta!r}")
+        if tta is not None and not isinstance(tta, bool):
+            raise TypeError(f"tta must be True, False or None (the bundle's own mode); got {type(tta).__name__} {tta!r}")
+        if tta_axes is not None and tta is not True:
+            raise ValueError("tta_axes needs tta=True (it chooses which axes the mirroring flips)")
         if tta_axes is not None:
             if isinstance(tta_axes, str) or not tta_axes or any(a not in TTA_AXES for a in tta_axes):
                 raise ValueError(f"tta_axes must be a non-empty subset of {TTA_AXES} (e.g. ('z',)); got {tta_axes!r}")
@@ -321,7 +326,7 @@ class Predictor:
                 _resolve_bundle(source)
         self._sources: dict[str, str | os.PathLike[str] | ModelBundle | None] = {"3d": model, "2d": model_2d}
         self.threads = None if threads is None else int(threads)
-        self.tta = bool(tta)
+        self.tta: bool | None = tta
         self.tta_axes: tuple[str, ...] | None = tta_axes
         self.overlap = float(overlap)
         self.min_tumor_volume_mm3 = float(min_tumor_volume_mm3)
@@ -425,8 +430,10 @@ class Predictor:
                 for s in b.stages
             ],
             "engine": self.engine,
-            "tta": self.tta,
-            "tta_axes": list(self.tta_axes) if self.tta and self.tta_axes is not None else None,
+            "tta": self.tta_rule(kind)[0],
+            "tta_axes": (list(self.tta_rule(kind)[1]) if self.tta_rule(kind)[0] and self.tta_rule(kind)[1] is not None
+                         else None),
+            "tta_from": "bundle" if self.tta is None else "caller",
             "overlap": self.overlap,
             "min_liver_confidence": self.liver_confidence_rule(kind),
         }
@@ -475,6 +482,18 @@ class Predictor:
         if self._min_liver_confidence is not None:
             return self._min_liver_confidence
         return float((self.bundle(kind).info.get("liver_confidence") or {}).get("drop_below", 0.0))
+
+    def tta_rule(self, kind: Literal["3d", "2d"] = "3d") -> tuple[bool, tuple[str, ...] | None]:
+        """(mirror?, axes) for ``kind``: the constructor's ``tta``/``tta_axes`` if ``tta`` was given,
+        else the bundle's config.json ``tta`` ``axes`` (a subset of :data:`TTA_AXES`; none: no TTA)."""
+        if self.tta is not None:
+            return self.tta, self.tta_axes
+        axes = (self.bundle(kind).info.get("tta") or {}).get("axes")
+        if not axes:
+            return False, None
+        if isinstance(axes, str) or any(a not in TTA_AXES for a in axes):
+            raise ModelError(f"the {kind} bundle's config.json tta.axes must be a subset of {TTA_AXES}; got {axes!r}")
+        return True, tuple(a for a in TTA_AXES if a in axes)
 
     def lesion_confidence_rule(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, float]:
         """``{"drop_below", "flag_below"}`` for ``kind``: the constructor's ``min_lesion_confidence``
@@ -748,7 +767,7 @@ class Predictor:
                 slice_size = tuple(x.shape[2:])
                 x = resize_slices(x, roi_size)
         net = self._net(kind, bundle, stage)
-        flips = _mirror_axes(nd, self.tta, self.tta_axes)
+        flips = _mirror_axes(nd, *self.tta_rule(kind))
         padded = [max(n, r) for n, r in zip(x.shape[2:], roi_size)]
         total = max(1, len(window_slices(padded, roi_size, self.overlap)) * len(flips))
         done = [0]

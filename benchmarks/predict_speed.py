@@ -106,7 +106,7 @@ def _warm_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from liverseg.inference import Predictor, run_case
 
-    predictor = Predictor(args.model, model_2d=args.model_2d, threads=args.threads, tta=args.tta,
+    predictor = Predictor(args.model, model_2d=args.model_2d, threads=args.threads, tta=True if args.tta else None,
                           overlap=args.overlap, engine=args.engine).load()
     pdf = not args.no_pdf
     with tempfile.TemporaryDirectory(prefix="liverseg-speed-") as tmp:
@@ -220,7 +220,7 @@ def _markdown(results: list[dict[str, Any]], engines: list[dict[str, Any]], meta
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        tta = "yes" if r["tta"] else "no"
+        tta = "all axes" if r["tta"] else "model's own"
         if "error" in r:
             lines.append(f"| {r['label']} | | {r['run']} | {tta} | failed: {r['error']} |||||||||||")
             continue

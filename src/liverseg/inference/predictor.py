@@ -418,6 +418,7 @@ class Predictor:
     def model_info(self, kind: Literal["3d", "2d"] = "3d") -> dict[str, Any]:
         """Name, sha256, kind, folder and stages of the bundle used for ``kind``."""
         b = self.bundle(kind)
+        tta, tta_axes = self.tta_rule(kind)
         return {
             "name": b.name,
             "sha256": b.sha256,
@@ -430,9 +431,8 @@ class Predictor:
                 for s in b.stages
             ],
             "engine": self.engine,
-            "tta": self.tta_rule(kind)[0],
-            "tta_axes": (list(self.tta_rule(kind)[1]) if self.tta_rule(kind)[0] and self.tta_rule(kind)[1] is not None
-                         else None),
+            "tta": tta,
+            "tta_axes": list(tta_axes) if tta and tta_axes is not None else None,
             "tta_from": "bundle" if self.tta is None else "caller",
             "overlap": self.overlap,
             "min_liver_confidence": self.liver_confidence_rule(kind),

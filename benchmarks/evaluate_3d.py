@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = {} if args.min_lesion_confidence is None else {"min_lesion_confidence": args.min_lesion_confidence}
     tta_axes = None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()]
     kw["neck_radius_mm"] = args.neck_radius_mm
-    tta = True if (args.tta or tta_axes) else (False if args.no_tta else None)
+    tta = False if args.no_tta else (True if (args.tta or tta_axes) else None)  # both: the Predictor refuses
     predictor = Predictor(args.model, model_2d=None, tta=tta, tta_axes=tta_axes, threads=args.threads, **kw)
     # the sweep re-scores one prediction per case, so predict with every lesion kept
     sweep_predictor = Predictor(predictor.bundle("3d"), model_2d=None, tta=tta, tta_axes=tta_axes, threads=args.threads,

@@ -166,7 +166,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             model_2d=None if str(args.model_2d).lower() == "none" else args.model_2d,
             device=args.device,
             threads=args.threads,
-            tta=True if (args.tta or args.tta_axes is not None) else (False if args.no_tta else None),
+            # --no-tta with --tta-axes reaches the Predictor as a contradiction (exit 2), not as TTA
+            tta=False if args.no_tta else (True if (args.tta or args.tta_axes is not None) else None),
             tta_axes=None if args.tta_axes is None else [a.strip() for a in args.tta_axes.split(",") if a.strip()],
             overlap=args.overlap,
             engine=args.engine,

@@ -45,6 +45,22 @@ def test_matches_monai_dicece_when_fully_annotated():
     assert float(ours) == pytest.approx(float(ref), rel=1e-5)
 
 
+@pytest.mark.parametrize("batch_dice,include_background", [(False, True), (False, False), (True, True)])
+def test_matches_monai_dicece_per_sample_and_with_background(batch_dice, include_background):
+    # batch_dice=False, include_background=True is MONAI's default DiceCELoss: the calibration loop's loss
+    from monai.losses import DiceCELoss as MonaiDiceCE
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 6, 6, 6)
+    target = _labels()
+    ours = DiceCELoss(num_classes=3, batch_dice=batch_dice, include_background=include_background)(logits, target)
+    ref = MonaiDiceCE(softmax=True, to_onehot_y=True, include_background=include_background, batch=batch_dice)(
+        logits, target)
+    assert float(ours) == pytest.approx(float(ref), rel=1e-5)
+    default = DiceCELoss(num_classes=3)(logits, target)
+    assert abs(float(ours) - float(default)) > 1e-5  # the options change the value
+
+
 def test_perfect_prediction_near_zero_and_wrong_prediction_large():
     target = _labels()
     loss = DiceCELoss(num_classes=3)

@@ -120,3 +120,42 @@ def test_stage_config_checks_init_new_modules() -> None:
     with pytest.raises(ValueError, match="list of module names"):
         StageConfig(name="net", architecture="nnformer-liver-3d-refine", init_weights="b", init_new_modules="refine")
     StageConfig(name="net", architecture="nnformer-liver-3d-refine", init_weights="b", init_new_modules=["refine"])
+
+
+def test_light_intensity_preset_only_scales_and_shifts() -> None:
+    # the calibration loop's intensity set: image * (1 + s) + o, never noise, blur or gamma
+    img = torch.linspace(-2.0, 2.0, 16 * 16 * 16).reshape(1, 16, 16, 16)
+    aug = Augmenter(patch_size=(16, 16, 16), intensity_preset="light", light_scale=0.1, light_offset=0.35)
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(20):
+        out = aug.intensity(img.clone(), rng)
+        a, b = np.polyfit(img.flatten().numpy(), out.flatten().numpy(), 1)
+        resid = out.flatten().numpy() - (a * img.flatten().numpy() + b)
+        assert np.abs(resid).max() < 1e-4  # exactly affine: no noise, blur or gamma
+        assert 0.9 - 1e-5 <= a <= 1.1 + 1e-5 and abs(b) <= 0.35 * 1.1 + 1e-5
+        changed += not torch.allclose(out, img)
+    assert changed >= 10  # p 0.5 each: most draws change the image
+    heavy = Augmenter(patch_size=(16, 16, 16))
+    outs = [heavy.intensity(img.clone(), rng) for _ in range(20)]
+    nonaffine = 0
+    for out in outs:
+        a, b = np.polyfit(img.flatten().numpy(), out.flatten().numpy(), 1)
+        nonaffine += np.abs(out.flatten().numpy() - (a * img.flatten().numpy() + b)).max() > 1e-3
+    assert nonaffine >= 1  # the default (nnU-Net) set is not just an affine change
+    with pytest.raises(ValueError, match="intensity_preset"):
+        Augmenter(patch_size=(8, 8, 8), intensity_preset="heavy")
+
+
+def test_stage_augment_options_reach_the_augmenter() -> None:
+    opts = {"spatial_probability": 0.2, "rotation_deg": [5.7, 5.7], "scale_range": [0.9, 1.1],
+            "intensity_preset": "light"}
+    stage = StageConfig(name="net", architecture="unet-3d-baseline", augment_options=dict(opts))
+    assert stage.augment_options["rotation_deg"] == (5.7, 5.7)
+    ds = PatchDataset([_liver_only_case()], plan=PLAN, samples_per_epoch=2, augment_options=stage.augment_options)
+    assert ds.augmenter.intensity_preset == "light" and ds.augmenter.spatial_probability == 0.2
+    assert ds[0]["image"].shape == (1, 16, 32, 32)
+    with pytest.raises(ValueError, match="unknown augment_options"):
+        StageConfig(name="net", architecture="unet-3d-baseline", augment_options={"gamma": 0.5})
+    with pytest.raises(ValueError, match="two numbers"):
+        StageConfig(name="net", architecture="unet-3d-baseline", augment_options={"rotation_deg": 5})

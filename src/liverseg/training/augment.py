@@ -36,6 +36,7 @@ from monai.transforms import (
     RandGaussianSmoothd,
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
+    RandShiftIntensityd,
     RandSimulateLowResolutiond,
 )
 
@@ -77,6 +78,14 @@ class Augmenter:
         liver_shift_probability: chance of shifting the liver against its surroundings ...
         liver_shift_hu: ... by a value drawn from this range (HU).
         global_shift_hu: largest offset of the whole patch (HU; scanner calibration).
+        intensity_preset: ``"nnunet"`` (default): noise, blur, brightness, contrast, simulated
+            low resolution and gamma (inverted too), nnU-Net's set; ``"light"``: only a random
+            scale (``1 + U(-light_scale, light_scale)``, p 0.5) and shift (``U(-light_offset,
+            light_offset)``, p 0.5) of the normalised image, the calibration loop's
+            ``RandScaleIntensityd`` / ``RandShiftIntensityd``.
+        light_scale: largest relative scale of the ``"light"`` preset.
+        light_offset: largest shift of the ``"light"`` preset, in normalised units (z-score:
+            HU / ``std_hu``; 0.35 at 130 HU is 10 % of a 450 HU window, the loop's 0.1 of 0..1).
 
     >>> aug = Augmenter(patch_size=(16, 32, 32))
     >>> aug.region_size
@@ -100,6 +109,9 @@ class Augmenter:
         liver_shift_probability: float = 0.3,
         liver_shift_hu: tuple[float, float] = (-45.0, 25.0),
         global_shift_hu: float = 20.0,
+        intensity_preset: str = "nnunet",
+        light_scale: float = 0.1,
+        light_offset: float = 0.35,
     ) -> None:
         ps = tuple(int(p) for p in patch_size)
         if len(ps) not in (2, 3) or min(ps) < 1:
@@ -111,8 +123,13 @@ class Augmenter:
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high; got {scale_range}")
+        if intensity_preset not in ("nnunet", "light"):
+            raise ValueError(f"intensity_preset must be 'nnunet' or 'light'; got {intensity_preset!r}")
+        if not 0 <= light_scale < 1 or light_offset < 0:
+            raise ValueError(f"light_scale must be in [0, 1) and light_offset >= 0; got {light_scale}, {light_offset}")
         self.patch_size = ps
         self.ndim = len(ps)
+        self.intensity_preset = intensity_preset
         self.spatial_probability = float(spatial_probability)
         self.elastic = bool(elastic)
         self.elastic_probability = float(elastic_probability)
@@ -155,7 +172,7 @@ class Augmenter:
             )
         self._flips = Compose([RandFlipd(keys, prob=0.5, spatial_axis=ax) for ax in range(self.ndim)])
         smooth = {"sigma_x": (0.5, 1.0), "sigma_y": (0.5, 1.0), "sigma_z": (0.5, 1.0)}
-        self._intensity = Compose(
+        nnunet_set = Compose(
             [
                 RandGaussianNoised("image", prob=0.1, std=0.1),
                 RandGaussianSmoothd("image", prob=0.2, **smooth),
@@ -168,6 +185,13 @@ class Augmenter:
                 RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
             ]
         )
+        light_set = Compose(
+            [
+                RandScaleIntensityd("image", factors=float(light_scale), prob=0.5),
+                RandShiftIntensityd("image", offsets=float(light_offset), prob=0.5),
+            ]
+        )
+        self._intensity = light_set if intensity_preset == "light" else nnunet_set
 
     @property
     def region_size(self) -> tuple[int, ...]:
@@ -242,7 +266,8 @@ class Augmenter:
         return torch.from_numpy(x)
 
     def intensity(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Noise, blur, brightness, contrast, low resolution and gamma on a z-scored (1, *patch) image."""
+        """The intensity preset on a z-scored (1, *patch) image: nnU-Net's noise, blur, brightness,
+        contrast, low resolution and gamma, or the light scale + shift."""
         if not self.use_intensity:
             return image
         self._intensity.set_random_state(seed=int(rng.integers(2**31)))

@@ -79,6 +79,11 @@ class OptimizerConfig:
         return cls(**dict(d))
 
 
+_AUGMENT_OPTIONS = frozenset(
+    {"spatial_probability", "rotation_deg", "scale_range", "intensity_preset", "light_scale", "light_offset"}
+)
+
+
 @dataclasses.dataclass
 class StageConfig:
     """One network to train.
@@ -110,6 +115,13 @@ class StageConfig:
             and its neighbours look most like it. Default 0 (off).
         edge_mm: how far (mm) from the liver's first and last slice edge patches are centred.
         augment: spatial and intensity augmentation on or off.
+        augment_options: with ``augment``, keyword arguments of
+            :class:`liverseg.training.augment.Augmenter` that change its defaults:
+            ``spatial_probability``, ``rotation_deg`` (in-plane, out-of-plane degrees),
+            ``scale_range``, ``intensity_preset`` (``"nnunet"`` or ``"light"``), ``light_scale``,
+            ``light_offset``. Empty (default): the nnU-Net-like defaults. 3D patch stages only.
+            The calibration loop's set is ``{"spatial_probability": 0.2, "rotation_deg": [5.7, 5.7],
+            "scale_range": [0.9, 1.1], "intensity_preset": "light"}``.
         elastic: add elastic deformation to the spatial augmentation (slower).
         contrast_phase: with ``augment``, simulate other contrast phases and scanners in HU
             (soft-tissue enhancement scaled, the liver brighter or darker than its
@@ -125,6 +137,10 @@ class StageConfig:
         liver_only_synthetic_annotated: treat liver-only cases as tumor-free, so patches with
             synthetic tumors painted into them are fully supervised (e.g. healthy CHAOS livers).
         deep_supervision: train with the network's multi-resolution outputs.
+        dice_batch: the Dice term sums over the batch before dividing (nnU-Net's batch Dice,
+            default) instead of averaging each sample's Dice (MONAI's default).
+        dice_background: the Dice term includes the background channel (MONAI's default);
+            default ``False`` (foreground classes only).
         image_slices: 2D display stages (plan ``input_kind="display"``): real 8-bit slices with
             masks to train on besides the rendered volumes, as
             :class:`liverseg.training.slices2d.ImageSliceConfig` keys (``folders``,
@@ -153,11 +169,14 @@ class StageConfig:
     edge_fraction: float = 0.0
     edge_mm: float = 25.0
     augment: bool = True
+    augment_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     elastic: bool = False
     contrast_phase: bool = False
     liver_only: Literal["marginal", "tumor_free"] = "tumor_free"
     liver_only_synthetic_annotated: bool = False
     deep_supervision: bool = True
+    dice_batch: bool = True
+    dice_background: bool = False
     image_slices: dict[str, Any] | None = None
     init_weights: str | None = None
     init_new_modules: list[str] = dataclasses.field(default_factory=list)
@@ -173,6 +192,19 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: role must be 'localize' or 'segment'; got {self.role!r}")
         if self.liver_only not in ("marginal", "tumor_free"):
             raise ValueError(f"stage {self.name!r}: liver_only must be 'marginal' or 'tumor_free'; got {self.liver_only!r}")
+        unknown_aug = set(self.augment_options) - _AUGMENT_OPTIONS
+        if unknown_aug:
+            raise ValueError(f"stage {self.name!r}: unknown augment_options {sorted(unknown_aug)}; known: "
+                             f"{sorted(_AUGMENT_OPTIONS)}")
+        if self.augment_options and self.plan.get("input_kind") == "display":
+            raise ValueError(f"stage {self.name!r}: augment_options apply to 3D patch stages, not to 2D display "
+                             "stages; remove them")
+        for key in ("rotation_deg", "scale_range"):
+            if key in self.augment_options:
+                v = self.augment_options[key]
+                if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
+                    raise ValueError(f"stage {self.name!r}: augment_options {key} must be two numbers; got {v!r}")
+                self.augment_options[key] = tuple(float(x) for x in v)
         if self.roi not in (None, "liver"):
             raise ValueError(f"stage {self.name!r}: roi must be 'liver' or null; got {self.roi!r}")
         unknown = set(self.plan) - _PLAN_KEYS

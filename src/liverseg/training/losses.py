@@ -66,16 +66,23 @@ class DiceCELoss(nn.Module):
         lambda_ce: weight of the cross-entropy term.
         lambda_dice: weight of the Dice term.
         smooth: added to the Dice numerator and denominator (as MONAI's ``smooth_nr``/``smooth_dr``).
+        batch_dice: sum the Dice over the batch before dividing (nnU-Net's batch Dice, default);
+            ``False``: each sample's Dice, averaged (MONAI's default ``batch=False``).
+        include_background: the Dice term includes the background channel (MONAI's default);
+            default ``False``: foreground classes only.
 
     Call with ``logits`` (B, C, *spatial), ``target`` (B, 1, *spatial) or (B, *spatial)
     integer labels 0/1/2, and optionally ``tumor_annotated`` (B,) bool. Samples with
     ``tumor_annotated`` False get the marginal loss (liver + tumor probabilities merged,
     see the module docstring); with ``num_classes=2`` tumor labels count as liver.
     For fully annotated batches the value equals MONAI's
-    ``DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)``.
+    ``DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)``;
+    with ``batch_dice=False, include_background=True`` it equals MONAI's defaults
+    (``DiceCELoss(softmax=True, to_onehot_y=True)``), the calibration loop's loss.
     """
 
-    def __init__(self, *, num_classes: int, lambda_ce: float = 1.0, lambda_dice: float = 1.0, smooth: float = 1e-5) -> None:
+    def __init__(self, *, num_classes: int, lambda_ce: float = 1.0, lambda_dice: float = 1.0, smooth: float = 1e-5,
+                 batch_dice: bool = True, include_background: bool = False) -> None:
         super().__init__()
         if num_classes not in (2, 3):
             raise ValueError(f"num_classes must be 2 (background, liver) or 3 (+ tumor); got {num_classes}")
@@ -85,6 +92,8 @@ class DiceCELoss(nn.Module):
         self.lambda_ce = float(lambda_ce)
         self.lambda_dice = float(lambda_dice)
         self.smooth = float(smooth)
+        self.batch_dice = bool(batch_dice)
+        self.include_background = bool(include_background)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, tumor_annotated: torch.Tensor | None = None) -> torch.Tensor:
         if logits.shape[1] != self.num_classes:
@@ -130,9 +139,12 @@ class DiceCELoss(nn.Module):
         return self.lambda_ce * ce + self.lambda_dice * dice
 
     def _dice_loss(self, prob: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        """Mean over foreground channels of 1 - batch soft Dice (sums over batch and space)."""
-        dims = [0] + list(range(2, prob.ndim))
-        p, g = prob[:, 1:], onehot[:, 1:]
+        """Mean of 1 - soft Dice over the channels (foreground, or all with ``include_background``)
+        and, without ``batch_dice``, over the samples; batch Dice sums over batch and space."""
+        spatial = list(range(2, prob.ndim))
+        dims = [0] + spatial if self.batch_dice else spatial
+        first = 0 if self.include_background else 1
+        p, g = prob[:, first:], onehot[:, first:]
         inter = (p * g).sum(dims)
         denom = p.sum(dims) + g.sum(dims)
         return (1.0 - (2.0 * inter + self.smooth) / (denom + self.smooth)).mean()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +95,11 @@ class PatchDataset(torch.utils.data.Dataset):
             no tumor), so every sample from them is supervised as liver vs tumor.
         contrast_phase: with ``augment``, change the contrast phase in HU before normalising
             (:meth:`~liverseg.training.augment.Augmenter.contrast_phase`).
+        edge_fraction, edge_mm: see :class:`~liverseg.training.config.StageConfig`.
+        augment_options: further keyword arguments of
+            :class:`~liverseg.training.augment.Augmenter` (``spatial_probability``,
+            ``rotation_deg``, ``scale_range``, ``intensity_preset``, ``light_scale``,
+            ``light_offset``).
 
     >>> ds = PatchDataset(cached, plan=plan, samples_per_epoch=250,
     ...                   synthetic_tumors=SyntheticTumors())  # doctest: +SKIP
@@ -120,6 +125,7 @@ class PatchDataset(torch.utils.data.Dataset):
         contrast_phase: bool = False,
         edge_fraction: float = 0.0,
         edge_mm: float = 25.0,
+        augment_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not cases:
             raise ValueError("PatchDataset needs at least one cached case")
@@ -156,7 +162,8 @@ class PatchDataset(torch.utils.data.Dataset):
         self.liver_only_tumor_free = bool(liver_only_tumor_free)
         self.ndim = len(plan.patch_size)
         self.augmenter = (
-            Augmenter(patch_size=plan.patch_size, elastic=elastic, mirror=mirror, contrast_phase=contrast_phase)
+            Augmenter(patch_size=plan.patch_size, elastic=elastic, mirror=mirror, contrast_phase=contrast_phase,
+                      **dict(augment_options or {}))
             if augment else None
         )
 

@@ -419,6 +419,7 @@ def _patch_dataset(cached: list[Any], stage: StageConfig, plan: Plan, samples: i
         contrast_phase=stage.contrast_phase,
         edge_fraction=stage.edge_fraction,
         edge_mm=stage.edge_mm,
+        augment_options=stage.augment_options,
     )
 
 
@@ -643,7 +644,8 @@ def _train_stage(
     optimizer = _make_optimizer(opt_cfg, model.parameters())
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = DeepSupervisionLoss(DiceCELoss(num_classes=num_classes))
+    loss_fn = DeepSupervisionLoss(DiceCELoss(num_classes=num_classes, batch_dice=stage.dice_batch,
+                                                include_background=stage.dice_background))
 
     epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
     best_score, best_epoch, history, run_loss = None, None, [], [0.0, 0]

@@ -21,7 +21,7 @@ reproducible from (seed, epoch, index):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ class Augmenter:
         liver_shift_probability: float = 0.3,
         liver_shift_hu: tuple[float, float] = (-45.0, 25.0),
         global_shift_hu: float = 20.0,
-        intensity_preset: str = "nnunet",
+        intensity_preset: Literal["nnunet", "light"] = "nnunet",
         light_scale: float = 0.1,
         light_offset: float = 0.35,
     ) -> None:

@@ -171,27 +171,28 @@ class Augmenter:
                 rotate_range=rotate, scale_range=scales, mode=modes, padding_mode=pads,
             )
         self._flips = Compose([RandFlipd(keys, prob=0.5, spatial_axis=ax) for ax in range(self.ndim)])
-        smooth = {"sigma_x": (0.5, 1.0), "sigma_y": (0.5, 1.0), "sigma_z": (0.5, 1.0)}
-        nnunet_set = Compose(
-            [
-                RandGaussianNoised("image", prob=0.1, std=0.1),
-                RandGaussianSmoothd("image", prob=0.2, **smooth),
-                RandScaleIntensityd("image", factors=0.25, prob=0.15),
-                RandScaleIntensityFixedMeand("image", factors=0.25, preserve_range=True, prob=0.15),
-                RandSimulateLowResolutiond(
-                    "image", prob=0.25, zoom_range=(0.5, 1.0), upsample_mode="trilinear" if self.ndim == 3 else "bilinear"
-                ),
-                RandAdjustContrastd("image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
-                RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
-            ]
-        )
-        light_set = Compose(
-            [
-                RandScaleIntensityd("image", factors=float(light_scale), prob=0.5),
-                RandShiftIntensityd("image", offsets=float(light_offset), prob=0.5),
-            ]
-        )
-        self._intensity = light_set if intensity_preset == "light" else nnunet_set
+        if intensity_preset == "light":
+            self._intensity = Compose(
+                [
+                    RandScaleIntensityd("image", factors=float(light_scale), prob=0.5),
+                    RandShiftIntensityd("image", offsets=float(light_offset), prob=0.5),
+                ]
+            )
+        else:
+            smooth = {"sigma_x": (0.5, 1.0), "sigma_y": (0.5, 1.0), "sigma_z": (0.5, 1.0)}
+            self._intensity = Compose(
+                [
+                    RandGaussianNoised("image", prob=0.1, std=0.1),
+                    RandGaussianSmoothd("image", prob=0.2, **smooth),
+                    RandScaleIntensityd("image", factors=0.25, prob=0.15),
+                    RandScaleIntensityFixedMeand("image", factors=0.25, preserve_range=True, prob=0.15),
+                    RandSimulateLowResolutiond(
+                        "image", prob=0.25, zoom_range=(0.5, 1.0), upsample_mode="trilinear" if self.ndim == 3 else "bilinear"
+                    ),
+                    RandAdjustContrastd("image", prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
+                    RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+                ]
+            )
 
     @property
     def region_size(self) -> tuple[int, ...]:

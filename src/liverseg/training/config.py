@@ -120,8 +120,10 @@ class StageConfig:
             ``spatial_probability``, ``rotation_deg`` (in-plane, out-of-plane degrees),
             ``scale_range``, ``intensity_preset`` (``"nnunet"`` or ``"light"``), ``light_scale``,
             ``light_offset``. Empty (default): the nnU-Net-like defaults. 3D patch stages only.
-            The calibration loop's set is ``{"spatial_probability": 0.2, "rotation_deg": [5.7, 5.7],
-            "scale_range": [0.9, 1.1], "intensity_preset": "light"}``.
+            The calibration loop's set (with its 0..1 scaling, plan ``mean_hu`` −200, ``std_hu`` 450) is
+            ``{"spatial_probability": 0.2, "rotation_deg": [5.73, 5.73], "scale_range": [0.9, 1.1],
+            "intensity_preset": "light", "light_scale": 0.1, "light_offset": 0.1}``
+            (``configs/experiments/probe-as-loop-2162.json``).
         elastic: add elastic deformation to the spatial augmentation (slower).
         contrast_phase: with ``augment``, simulate other contrast phases and scanners in HU
             (soft-tissue enhancement scaled, the liver brighter or darker than its

@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(net.state_dict(), out / "unet.pt")
 
     net.eval()
-    results = {"iterations": it, "train_minutes": round(train_minutes, 1), "threads": args.threads, "cases": {}}
+    results = {"iterations": it, "train_minutes": round(train_minutes, 1), "threads": args.threads,
+               "train_cases": [c.case_id for c in train_cases], "validation_cases": [c.case_id for c in val_cases],
+               "cases": {}}
     for c in val_cases:
         d, ct, ref = _as_dict(c)
         img = pre.transforms[1](pre.transforms[0](d))["image"]  # no padding: the grid must map back to the CT

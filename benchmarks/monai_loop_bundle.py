@@ -20,16 +20,14 @@ from pathlib import Path
 
 
 def _split(weights: Path, train: list[str] | None, val: list[str] | None) -> tuple[list[str], list[str]]:
-    record = weights.parent / "results.json"
-    if train is None and record.is_file():
-        train = json.loads(record.read_text()).get("train_cases")
-    if val is None and record.is_file():
-        val = json.loads(record.read_text()).get("validation_cases")
-        if val is None:  # loops from before the split was recorded: the scored cases are the held-out ones
-            val = list(json.loads(record.read_text()).get("cases", {}))
+    record_path = weights.parent / "results.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    train = train if train is not None else record.get("train_cases")
+    # loops from before the split was recorded: the scored cases are the held-out ones
+    val = val if val is not None else record.get("validation_cases", list(record.get("cases", {})))
     if train is None:
-        raise SystemExit(f"error: {record} does not record the training cases; pass --train-cases")
-    return list(train), list(val or [])
+        raise SystemExit(f"error: {record_path} does not record the training cases; pass --train-cases")
+    return list(train), list(val)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,6 +219,42 @@ def test_duplicate_slice_positions(tmp_path, tiny_ct):
         read_volume(tmp_path / "dup")
 
 
+def test_damaged_instance_number_keeps_file_order(tmp_path, tiny_ct):
+    """No positions, so slices are ordered by InstanceNumber; a slice whose IS value is junk (found by the
+    fuzzer: a control byte where digits belong) keeps its place instead of crashing the reader."""
+    paths = write_dicom_series(tiny_ct, tmp_path / "s", shuffle_names=False)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        del ds.ImagePositionPatient
+        ds.save_as(p)
+    raw = bytearray(paths[2].read_bytes())
+    at = raw.find(b"\x20\x00\x13\x00IS")
+    assert at > 0, "the writer no longer stores InstanceNumber as explicit-VR IS"
+    length = int.from_bytes(raw[at + 6 : at + 8], "little")
+    raw[at + 8 : at + 8 + length] = b"\x01" * length
+    paths[2].write_bytes(bytes(raw))
+    vol = read_volume(tmp_path / "s")
+    assert vol.shape == tiny_ct.array.shape
+    assert any("InstanceNumber missing or unreadable" in w for w in vol.metadata["warnings"])
+    np.testing.assert_array_equal(vol.array[[0, 1, 3, 4]], tiny_ct.array[[0, 1, 3, 4]])
+
+
+def test_damaged_number_of_frames_is_a_corrupt_file(tmp_path, tiny_ct):
+    """A field that decoding depends on holding junk is a damaged header, said as such (not a ValueError)."""
+    paths = write_dicom_series(tiny_ct, tmp_path / "s", shuffle_names=False)
+    ds = pydicom.dcmread(paths[0])
+    ds.NumberOfFrames = 1
+    ds.save_as(paths[0])
+    raw = bytearray(paths[0].read_bytes())
+    at = raw.find(b"\x28\x00\x08\x00IS")
+    length = int.from_bytes(raw[at + 6 : at + 8], "little")
+    raw[at + 8 : at + 8 + length] = b"\x01" * length
+    paths[0].write_bytes(bytes(raw))
+    for target in (paths[0], tmp_path / "s"):
+        with pytest.raises(CorruptFileError, match="NumberOfFrames holds"):
+            read_volume(target)
+
+
 def test_folder_with_no_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NoImagesError, match="holds no DICOM files"):

@@ -262,6 +262,24 @@ def _floats(ds: Any, name: str) -> list[float] | None:
         return None
 
 
+def header_int(ds: Any, name: str, default: int, *, where: str) -> int:
+    """An integer header field that decoding depends on (NumberOfFrames, BitsStored ...), ``default`` when absent.
+
+    Raises:
+        CorruptFileError: the field holds something that is not an integer (a damaged IS value).
+    """
+    v = ds.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CorruptFileError(
+            f"{where}: the DICOM field {name} holds {str(v)[:40]!r}, not a number; the header is damaged: export the "
+            "series again"
+        ) from exc
+
+
 def sort_datasets(datasets: Sequence[Any]) -> tuple[list[int], dict[str, Any]]:
     """Order slices along the slice normal; return (order, geometry).
 
@@ -313,7 +331,11 @@ def sort_datasets(datasets: Sequence[Any]) -> tuple[list[int], dict[str, Any]]:
         pos_sorted = pos[order]
         origin = tuple(float(x) for x in ipps[order[0]])
     else:
-        inst = [int(d.get("InstanceNumber", i) or i) for i, d in enumerate(datasets)]
+        numbers = [_floats(d, "InstanceNumber") for d in datasets]
+        # a missing or unreadable InstanceNumber (a damaged IS value) keeps the slice's place in the files' order
+        inst = [nums[0] if nums and np.isfinite(nums[0]) else float(i) for i, nums in enumerate(numbers)]
+        if n > 1 and any(not nums for nums in numbers):
+            warnings.append("InstanceNumber missing or unreadable on some slices: those keep their place in file order")
         order = [int(i) for i in np.argsort(inst, kind="stable")]
         pos_sorted = None
         origin = tuple(float(x) for x in (ipps[order[0]] or (0.0, 0.0, 0.0)))
@@ -378,10 +400,10 @@ def _frame_pixels(ds: Any, name: str) -> np.ndarray:
         ) from exc
 
 
-def _to_grey(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, bool]:
+def _to_grey(arr: np.ndarray, ds: Any, where: str) -> tuple[np.ndarray, bool]:
     """Colour slices to luminance; returns (array, was_colour)."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1 or arr.ndim == 3:
+    if header_int(ds, "SamplesPerPixel", 1, where=where) > 1 or arr.ndim == 3:
         if photometric.startswith("YBR"):
             from pydicom.pixels import convert_color_space
 
@@ -389,7 +411,7 @@ def _to_grey(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, bool]:
         rgb = arr.astype(np.float32)
         return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114, True
     if photometric == "MONOCHROME1":
-        bits = int(ds.get("BitsStored", 16) or 16)
+        bits = header_int(ds, "BitsStored", 16, where=where)
         return (2**bits - 1) - arr.astype(np.float32), True
     return arr, False
 
@@ -436,7 +458,7 @@ def read_series(
             datasets.append(ds)
     if not datasets:
         raise NoImagesError(f"{name} holds DICOM headers but no pixel data (no PixelData element)")
-    frames = int(datasets[0].get("NumberOfFrames", 1) or 1)
+    frames = header_int(datasets[0], "NumberOfFrames", 1, where=name)
     if frames > 1:
         raise UnsupportedFormatError(
             f"{name} is a multi-frame (enhanced) DICOM object with {frames} frames; liverseg reads classic "
@@ -469,7 +491,7 @@ def read_series(
         arr = _frame_pixels(ds, name)
         if arr.shape[:2] != (rows, cols):
             raise SeriesError(f"{name}: slice {k} decodes to {arr.shape}, not {rows}x{cols}; the file is damaged")
-        arr, was_colour = _to_grey(arr, ds)
+        arr, was_colour = _to_grey(arr, ds, f"{name}: slice {k}")
         colour |= was_colour
         slope, inter = _rescale(ds, name, k)
         if out is None:

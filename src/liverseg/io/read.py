@@ -294,9 +294,12 @@ def peek_header(path: str | Path) -> HeaderSummary:
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
         except Exception as exc:
             raise CorruptFileError(f"{path.name} cannot be read as DICOM ({type(exc).__name__})") from exc
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        shape = (frames, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-        item = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8) * max(1, int(ds.get("SamplesPerPixel", 1) or 1))
+        from liverseg.io.dicom import header_int
+
+        frames = header_int(ds, "NumberOfFrames", 1, where=path.name)
+        shape = (frames, header_int(ds, "Rows", 0, where=path.name), header_int(ds, "Columns", 0, where=path.name))
+        item = max(1, header_int(ds, "BitsAllocated", 16, where=path.name) // 8) * max(
+            1, header_int(ds, "SamplesPerPixel", 1, where=path.name))
         spacing = None
     else:
         raise UnsupportedFormatError(f"{path.name}: {fmt} has no single image header to read")

@@ -152,13 +152,16 @@ class _Watcher(threading.Thread):
         import gzip
 
         while not self.stop.is_set():
+            # every study first seen done in one sweep gets the sweep's time: their order within a sweep is the
+            # order the watcher asked in, not the order they finished (CI once failed on two polls 8 ms apart)
+            sweep_t = time.monotonic()
             for sid, api in list(self.studies.items()):
                 try:
                     s = api.study(sid)
                     if s["status"] == "running" and 0 < s["progress"] < 1:
                         self.progress_seen.append((s["stage"], s["progress"]))
                     if s["status"] == "done" and sid not in self.done_at:
-                        self.done_at[sid] = time.monotonic()
+                        self.done_at[sid] = sweep_t
                     if sid in self.checked:
                         continue
                     status, body = api.file(sid, "report.json")
